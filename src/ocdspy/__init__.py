@@ -1,0 +1,3 @@
+"""ocdspy: turn recorded OpenCode sessions into an optimized DSPy prompt and an OpenCode agent."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from ocdspy.cli import main
+
+main()

@@ -1,0 +1,31 @@
+"""The one exception family of ocdspy. The CLI turns each into one red line and an exit code."""
+
+from __future__ import annotations
+
+
+class OcdspyError(Exception):
+    """An expected failure: bad input, bad configuration, missing data."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class ConfigError(OcdspyError):
+    """The configuration (file, environment or flags) is invalid."""
+
+    exit_code = 2
+
+
+class DataError(OcdspyError):
+    """Input data is missing or does not meet the requirements of a stage."""
+
+
+class ModelError(OcdspyError):
+    """A language model could not be set up or called."""

@@ -1,0 +1,370 @@
+"""Finding session inputs, telling their format from their content, and reading them.
+
+Readers are streaming: `read_path` yields one session (or one problem) at a time, so memory
+stays flat whatever the size of the corpus. A reader never raises for bad input: it yields a
+`Problem` naming the file and the JSON path, and moves on to what it can still read.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from ocdspy.sessions.model import SessionLog
+
+Severity = Literal["error", "warning"]
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    where: str
+    message: str
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.where}: {self.message}" if self.where else (
+            f"{self.file}: {self.message}"
+        )
+
+
+@dataclass
+class SessionRead:
+    """One session as read, with where it came from."""
+
+    session: SessionLog
+    file: Path
+    format: str
+    # The raw bytes' hash when a whole file is one session; used to tell true duplicates apart.
+    content_key: str | None = None
+
+
+ReadItem = SessionRead | Problem
+
+
+@dataclass
+class Source:
+    """One input to read: a file or a directory tree of a known format."""
+
+    path: Path
+    format: str
+
+
+@dataclass
+class DiscoverResult:
+    sources: list[Source] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+# format name -> reader. Other modules register theirs (OpenCode export, database, storage tree).
+Reader = Callable[[Path], Iterator[ReadItem]]
+READERS: dict[str, Reader] = {}
+# JSON formats other than the plugin's, read from an already-parsed value: (path, value, hash).
+ValueReader = Callable[[Path, Any, str], Iterator[ReadItem]]
+VALUE_READERS: dict[str, ValueReader] = {}
+
+
+def register_reader(name: str) -> Callable[[Reader], Reader]:
+    def deco(fn: Reader) -> Reader:
+        READERS[name] = fn
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------------------------------------
+# Discovery
+
+
+def _looks_like_storage_tree(d: Path) -> bool:
+    return (d / "session").is_dir() and (d / "message").is_dir() and (d / "part").is_dir()
+
+
+def _sniff_file(path: Path) -> str | None:
+    """Tell a file's format from its first bytes; None for files that are no session input."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return "unreadable"
+    if head.startswith(SQLITE_MAGIC):
+        return "opencode-db"
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if path.suffix.lower() == ".json" or stripped[:1] in (b"{", b"["):
+        return sniff_json_head(stripped) if stripped else "json"
+    return None
+
+
+_EXPORT_HEAD = re.compile(rb'^\{\s*"info"\s*:\s*\{')
+_PLUGIN_KEYS = re.compile(rb'"(?:examples|session|generated|totalExamples)"\s*:')
+
+
+def sniff_json_head(head: bytes) -> str:
+    """Guess a JSON file's format from its first bytes; "json" when unsure (decided on parse)."""
+    if _EXPORT_HEAD.match(head) and b'"messages"' not in head[:16]:
+        return "opencode-export"
+    if _PLUGIN_KEYS.search(head):
+        return "plugin"
+    return "json"
+
+
+def discover(paths: Iterable[Path | str]) -> DiscoverResult:
+    """Expand files, directories (recursively) and glob patterns into readable sources.
+
+    Inside directories, `*.json` files and SQLite databases are taken, hidden entries skipped;
+    a directory shaped like OpenCode's legacy `storage/` tree is one source. A file named
+    explicitly is always taken, whatever its name.
+    """
+    result = DiscoverResult()
+    seen: set[Path] = set()
+
+    def add(path: Path, fmt: str) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            result.sources.append(Source(path, fmt))
+
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if not p.exists() and _GLOB_CHARS.search(str(raw)):
+            matches = sorted(glob.glob(str(p), recursive=True))
+            if not matches:
+                result.problems.append(Problem(str(raw), "", "no file matches this pattern"))
+            for m in matches:
+                mp = Path(m)
+                if mp.is_dir():
+                    _walk(mp, add)
+                else:
+                    add(mp, _sniff_file(mp) or "unknown")
+            continue
+        if not p.exists():
+            result.problems.append(Problem(str(raw), "", "no such file or directory"))
+        elif p.is_dir():
+            _walk(p, add)
+        else:
+            add(p, _sniff_file(p) or "unknown")
+    return result
+
+
+def _walk(root: Path, add: Callable[[Path, str], None]) -> None:
+    if _looks_like_storage_tree(root):
+        add(root, "opencode-storage")
+        return
+    storage = root / "storage"
+    if storage.is_dir() and _looks_like_storage_tree(storage):
+        add(storage, "opencode-storage")
+    for child in sorted(root.iterdir()):
+        if child.name.startswith(".") or child == storage:
+            continue
+        if child.is_dir():
+            _walk(child, add)
+        elif child.is_file():
+            fmt = _sniff_file(child) if child.suffix.lower() in (".json", ".db", ".sqlite", "") else None
+            if fmt is None and child.suffix.lower() not in (".json",):
+                continue
+            add(child, fmt or "json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_source(source: Source) -> Iterator[ReadItem]:
+    reader = READERS.get(source.format)
+    if source.format in ("json", "plugin", "opencode-export"):
+        reader = READERS["json"]
+    if reader is None:
+        if source.format == "unreadable":
+            yield Problem(str(source.path), "", "cannot read the file (permission denied?)")
+        else:
+            yield Problem(
+                str(source.path),
+                "",
+                f"unrecognized input (format '{source.format}'): expected a plugin session log, "
+                "an `opencode export` JSON file, an opencode.db database or a storage/ directory",
+            )
+        return
+    try:
+        yield from reader(source.path)
+    except OSError as e:
+        yield Problem(str(source.path), "", f"cannot read: {e.strerror or e}")
+
+
+def json_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_NONFINITE = re.compile(rb"[:\[,]\s*(-?Infinity|NaN)\s*[,\]}]")
+
+
+def _position(data: bytes, offset: int) -> str:
+    line = data.count(b"\n", 0, offset) + 1
+    col = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    return f"line {line} column {col}"
+
+
+def validation_problems(file: str, e: ValidationError, *, limit: int = 20) -> list[Problem]:
+    probs: list[Problem] = []
+    errors = e.errors(include_url=False)
+    for err in errors[:limit]:
+        where = json_path(err["loc"])
+        msg = err["msg"]
+        if err["type"] == "model_type" and not err["loc"]:
+            got = type(err.get("input")).__name__
+            msg = f"top level must be a JSON object (a session log), got {_json_type(got)}"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        probs.append(Problem(file, where, msg))
+    if len(errors) > limit:
+        probs.append(Problem(file, "", f"... and {len(errors) - limit} more problems"))
+    return probs
+
+
+def _json_type(pyname: str) -> str:
+    return {"list": "an array", "str": "a string", "int": "a number", "float": "a number",
+            "bool": "a boolean", "NoneType": "null"}.get(pyname, pyname)
+
+
+def parse_json_bytes(path: Path, data: bytes) -> tuple[Any, list[Problem]]:
+    """Decode JSON bytes leniently: bad UTF-8 is replaced (with a warning); syntax errors are
+    returned as problems with line and column. Returns (value or None, problems)."""
+    import json
+
+    problems: list[Problem] = []
+    file = str(path)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        problems.append(Problem(file, "", f"not valid UTF-8 at byte {e.start}; invalid bytes "
+                                "were replaced with U+FFFD", "warning"))
+        text = data.decode("utf-8", errors="replace")
+    if not text.strip():
+        return None, [*problems, Problem(file, "", "file is empty")]
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        truncated = e.pos >= len(text.rstrip()) - 1
+        what = "file is truncated (JSON ends early)" if truncated else "invalid JSON"
+        return None, [*problems, Problem(file, "", f"{what}: {e.msg} at line {e.lineno} "
+                                         f"column {e.colno}")]
+    except RecursionError:
+        return None, [*problems, Problem(file, "", "JSON is nested too deeply to read")]
+    return value, problems
+
+
+def nonfinite_warning(file: str, data: bytes) -> Problem | None:
+    """JSON has no NaN or Infinity; Python's json module writes them anyway. Read them as null."""
+    if b"NaN" not in data and b"Infinity" not in data:
+        return None
+    m = _NONFINITE.search(data)
+    if m is None:
+        return None
+    return Problem(file, "", f"{m.group(1).decode()} at {_position(data, m.start(1))} is not valid "
+                   "JSON; read as null", "warning")
+
+
+@register_reader("json")
+def read_json_file(path: Path) -> Iterator[ReadItem]:
+    """Read one JSON file: a plugin session log or an `opencode export` file."""
+    import hashlib
+
+    data = path.read_bytes()
+    file = str(path)
+    content_key = hashlib.sha256(data).hexdigest()
+    warn = nonfinite_warning(file, data)
+    if warn:
+        yield warn
+    head = data[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")
+    fmt = sniff_json_head(head)
+    if fmt == "plugin":
+        # Fast path: pydantic parses and validates in one pass, in Rust.
+        try:
+            yield SessionRead(SessionLog.model_validate_json(data), path, "plugin", content_key)
+            return
+        except ValidationError as e:
+            if not all(err["type"] == "json_invalid" for err in e.errors()):
+                yield from validation_problems(file, e)
+                return
+        # Invalid JSON or bad UTF-8: fall through to the lenient path for a precise message.
+    value, problems = parse_json_bytes(path, data)
+    yield from problems
+    if value is None:
+        return
+    if isinstance(value, dict) and "info" in value and "messages" in value:
+        export_reader = VALUE_READERS.get("opencode-export")
+        if export_reader is None:
+            yield Problem(file, "", "this is an `opencode export` file, which this version cannot "
+                          "read")
+            return
+        yield from export_reader(path, value, content_key)
+        return
+    if isinstance(value, dict) and "examples" not in value:
+        keys = ", ".join(sorted(value)[:6]) or "none"
+        yield Problem(file, "", f"not a session log: no 'examples' array at the top level "
+                      f"(keys found: {keys})")
+        return
+    try:
+        yield SessionRead(SessionLog.model_validate(value), path, "plugin", content_key)
+    except ValidationError as e:
+        yield from validation_problems(file, e)
+
+
+def read_paths(paths: Iterable[Path | str]) -> tuple[list[Source], Iterator[ReadItem]]:
+    found = discover(paths)
+
+    def items() -> Iterator[ReadItem]:
+        yield from found.problems
+        for src in found.sources:
+            yield from read_source(src)
+
+    return found.sources, items()
+
+
+def iter_sessions(sources: Iterable[Source]) -> Iterator[ReadItem]:
+    """Read sources in order, dropping repeated session ids.
+
+    The same session often arrives twice (a plugin log and an `opencode export` of it, or a file
+    copied into two folders). The first copy wins; a byte-identical repeat is a warning, a
+    different one under the same id an error, since one of them is not what it claims to be.
+    """
+    seen: dict[str, tuple[str, str | None]] = {}
+    for src in sources:
+        for item in read_source(src):
+            if isinstance(item, Problem):
+                yield item
+                continue
+            sid = item.session.session_id
+            if sid is None:
+                yield item
+                continue
+            first = seen.get(sid)
+            if first is None:
+                seen[sid] = (str(item.file), item.content_key)
+                yield item
+                continue
+            first_file, first_key = first
+            same = first_key is not None and first_key == item.content_key
+            differs = first_key is not None and item.content_key is not None and not same
+            if differs:
+                yield Problem(str(item.file), "session", f"duplicate session id '{sid}' (also in "
+                              f"{first_file}) with different content; this copy is skipped")
+            else:
+                yield Problem(str(item.file), "session", f"session '{sid}' was already read from "
+                              f"{first_file}; this copy is skipped", "warning")
