@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -30,7 +30,7 @@ def bytes_sha256(data: bytes) -> str:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO]:  # type: ignore[type-arg]
+def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temp file next to `path`; on success it replaces `path` in one rename.
 
     An exception (or Ctrl-C) leaves the old file untouched and removes the temp file.

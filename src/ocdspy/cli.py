@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -60,8 +59,9 @@ def handle_errors(fn: F) -> F:
         except OcdspyError as e:
             if _state["debug"]:
                 err.print_exception()
-            err.print(f"[bold red]error:[/] {e.message}", highlight=False, markup=True,
-                      soft_wrap=True)
+            err.print(
+                f"[bold red]error:[/] {e.message}", highlight=False, markup=True, soft_wrap=True
+            )
             if e.hint:
                 err.print(f"  [yellow]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
@@ -78,12 +78,20 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool | None,
+        bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
-    ] = None,
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
     _state["debug"] = debug
+
+
+def _rel(path: str) -> str:
+    """Show paths under the working directory relative to it: shorter tables, same meaning."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        return path
 
 
 def _load(config: Path | None, overrides: dict[str, Any] | None = None) -> Any:
@@ -147,8 +155,9 @@ def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 def validate(
     paths: Annotated[
         list[Path] | None,
-        typer.Argument(help="Files, directories or glob patterns (default: data.raw_dir).",
-                       show_default=False),
+        typer.Argument(
+            help="Files, directories or glob patterns (default: data.raw_dir).", show_default=False
+        ),
     ] = None,
     config: ConfigOpt = None,
     min_examples: Annotated[
@@ -156,41 +165,59 @@ def validate(
     ] = None,
     require_success: Annotated[
         bool | None,
-        typer.Option("--require-success/--allow-failures", show_default=False,
-                     help="Count only successful turns as usable."),
+        typer.Option(
+            "--require-success/--allow-failures",
+            show_default=False,
+            help="Count only successful turns as usable.",
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check session logs: parse every file, report problems, check the data requirements."""
     from ocdspy.validate import validate as run_validate
 
-    s = _load(config, {"data.min_examples": min_examples,
-                       "data.require_success": require_success}).settings
+    s = _load(
+        config, {"data.min_examples": min_examples, "data.require_success": require_success}
+    ).settings
     inputs = list(paths) if paths else [s.data.raw_dir]
-    report = run_validate(inputs, min_examples=s.data.min_examples,
-                          require_success=s.data.require_success)
+    report = run_validate(
+        inputs, min_examples=s.data.min_examples, require_success=s.data.require_success
+    )
     if as_json:
         data = report.model_dump(mode="json")
-        for f, fr in zip(data["files"], report.files):
+        for f, fr in zip(data["files"], report.files, strict=False):
             f["status"] = fr.status
         data["valid"] = report.valid
         out.print_json(json.dumps(data))
         raise typer.Exit(report.exit_code)
 
     table = Table(title="session logs")
-    for col, just in (("file", "left"), ("format", "left"), ("sessions", "right"),
-                      ("examples", "right"), ("successful", "right"), ("actions", "right"),
-                      ("status", "left")):
+    table.add_column("file", overflow="fold")
+    for col, just in (
+        ("format", "left"),
+        ("sessions", "right"),
+        ("examples", "right"),
+        ("successful", "right"),
+        ("actions", "right"),
+        ("status", "left"),
+    ):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     style = {"ok": "[green]ok[/]", "warnings": "[yellow]warnings[/]", "invalid": "[red]invalid[/]"}
     for f in report.files:
-        table.add_row(f.file, f.format, str(f.sessions), str(f.examples), str(f.successful),
-                      str(f.actions), style[f.status])
+        table.add_row(
+            _rel(f.file),
+            f.format,
+            str(f.sessions),
+            str(f.examples),
+            str(f.successful),
+            str(f.actions),
+            style[f.status],
+        )
     if report.files:
         out.print(table)
     for p in report.problems:
         color = "red" if p.severity == "error" else "yellow"
-        loc = f"{p.file}: {p.path}: " if p.path else f"{p.file}: "
+        loc = f"{_rel(p.file)}: {p.path}: " if p.path else f"{_rel(p.file)}: "
         out.print(f"[{color}]{p.severity}[/] {loc}{p.message}", highlight=False, soft_wrap=True)
     for r in report.requirements:
         mark = "[green]✓[/]" if r.ok else "[red]✗[/]"
@@ -213,60 +240,92 @@ def convert(
     ] = None,
     config: ConfigOpt = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Output directory (default: data.processed_dir).",
-                                  show_default=False)
+        Path | None,
+        typer.Option(
+            "--out", help="Output directory (default: data.processed_dir).", show_default=False
+        ),
     ] = None,
     require_success: Annotated[
         bool | None,
-        typer.Option("--require-success/--allow-failures", show_default=False,
-                     help="Keep only successful turns."),
+        typer.Option(
+            "--require-success/--allow-failures",
+            show_default=False,
+            help="Keep only successful turns.",
+        ),
     ] = None,
     result_max_chars: Annotated[
         int | None, typer.Option(help="Truncate tool results to this length.", show_default=False)
     ] = None,
     redact: Annotated[
         bool | None,
-        typer.Option("--redact/--no-redact", show_default=False,
-                     help="Replace secrets with placeholders (on by default)."),
+        typer.Option(
+            "--redact/--no-redact",
+            show_default=False,
+            help="Replace secrets with placeholders (on by default).",
+        ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Rebuild even if nothing changed.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild even if nothing changed.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Turn session logs into examples.jsonl (one example per turn) and a manifest."""
     from ocdspy.convert import convert as run_convert
 
-    loaded = _load(config, {"data.processed_dir": out_dir,
-                            "data.require_success": require_success,
-                            "data.result_max_chars": result_max_chars, "data.redact": redact})
+    loaded = _load(
+        config,
+        {
+            "data.processed_dir": out_dir,
+            "data.require_success": require_success,
+            "data.result_max_chars": result_max_chars,
+            "data.redact": redact,
+        },
+    )
     s = loaded.settings
     if not s.data.redact:
-        err.print("[yellow]warning:[/] redaction is off: secrets in the logs will be written "
-                  "into examples and may reach a model or an exported prompt")
+        err.print(
+            "[yellow]warning:[/] redaction is off: secrets in the logs will be written "
+            "into examples and may reach a model or an exported prompt"
+        )
     inputs = list(paths) if paths else [s.data.raw_dir]
     with err.status("converting sessions…"):
-        res = run_convert(inputs, s.data.processed_dir, require_success=s.data.require_success,
-                          result_max_chars=s.data.result_max_chars, redact=s.data.redact,
-                          force=force)
+        res = run_convert(
+            inputs,
+            s.data.processed_dir,
+            require_success=s.data.require_success,
+            result_max_chars=s.data.result_max_chars,
+            redact=s.data.redact,
+            force=force,
+        )
     m = res.manifest
     if as_json:
-        out.print_json(json.dumps({"cached": res.cached, "examples": str(res.examples_path),
-                                   **m.model_dump(mode="json")}))
+        out.print_json(
+            json.dumps(
+                {
+                    "cached": res.cached,
+                    "examples": str(res.examples_path),
+                    **m.model_dump(mode="json"),
+                }
+            )
+        )
         return
     if res.cached:
-        out.print(f"inputs and settings unchanged: {res.examples_path} is up to date "
-                  f"({m.examples_kept} examples); use --force to rebuild")
+        out.print(
+            f"inputs and settings unchanged: {_rel(str(res.examples_path))} is up to date "
+            f"({m.examples_kept} examples); use --force to rebuild"
+        )
         return
     for p in res.problems:
         color = "red" if p.severity == "error" else "yellow"
         out.print(f"[{color}]{p.severity}[/] {p}", highlight=False, soft_wrap=True)
     out.print(f"read {m.sessions_read} sessions, {m.turns_in} turns from {len(m.sources)} inputs")
-    out.print(f"[green]wrote {m.examples_kept} examples[/] to {res.examples_path}")
+    out.print(f"[green]wrote {m.examples_kept} examples[/] to {_rel(str(res.examples_path))}")
     for reason, n in m.dropped.items():
         out.print(f"  dropped {n}: {reason}")
     if m.redactions:
         kinds = ", ".join(f"{k} {n}" for k, n in m.redactions.items())
         out.print(f"  redacted {sum(m.redactions.values())} secrets ({kinds})")
-    out.print(f"manifest: {res.manifest_path}")
+    out.print(f"manifest: {_rel(str(res.manifest_path))}")
 
 
 @app.command()
@@ -275,12 +334,15 @@ def split(
     config: ConfigOpt = None,
     examples: Annotated[
         Path | None,
-        typer.Option(help="examples.jsonl (default: data.processed_dir/examples.jsonl).",
-                     show_default=False),
+        typer.Option(
+            help="examples.jsonl (default: data.processed_dir/examples.jsonl).", show_default=False
+        ),
     ] = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Output directory (default: data.splits_dir).",
-                                  show_default=False)
+        Path | None,
+        typer.Option(
+            "--out", help="Output directory (default: data.splits_dir).", show_default=False
+        ),
     ] = None,
     train_split: Annotated[
         float | None, typer.Option(help="Fraction of sessions to train on.", show_default=False)
@@ -303,9 +365,12 @@ def split(
         out.print_json(m.model_dump_json())
         return
     for name, side, path in (("train", m.train, res.train_path), ("val", m.val, res.val_path)):
-        out.print(f"{name:5} {side.examples:4} examples from {side.sessions:3} sessions "
-                  f"({side.successful} successful, {side.failed} failed) -> {path}")
-    out.print(f"manifest: {res.manifest_path}")
+        out.print(
+            f"{name:5} {side.examples:4} examples from {side.sessions:3} sessions "
+            f"({side.successful} successful, {side.failed} failed) -> {_rel(str(path))}",
+            soft_wrap=True,
+        )
+    out.print(f"manifest: {_rel(str(res.manifest_path))}")
 
 
 def main() -> None:
@@ -313,4 +378,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -37,7 +37,9 @@ class DataSettings(_Section):
     processed_dir: Path = Field(Path("data/processed"), description="Where convert writes.")
     splits_dir: Path = Field(Path("data/splits"), description="Where split writes.")
     train_split: float = Field(0.2, ge=0.0, le=1.0, description="Fraction of sessions to train on.")
-    val_split: float = Field(0.8, ge=0.0, le=1.0, description="Fraction of sessions to validate on.")
+    val_split: float = Field(
+        0.8, ge=0.0, le=1.0, description="Fraction of sessions to validate on."
+    )
     min_examples: int = Field(10, ge=1, description="Fewest examples the data must hold.")
     require_success: bool = Field(True, description="Keep only successful sessions/turns.")
     result_max_chars: int = Field(
@@ -323,7 +325,9 @@ def load_settings(
         for key, (value, name) in _env_values(source).items():
             if key not in known:
                 where = f"{dotenv_path}: " if label != "env" else ""
-                raise ConfigError(f"{where}{name.split()[-1]}: unknown setting{_suggest(key, known)}")
+                raise ConfigError(
+                    f"{where}{name.split()[-1]}: unknown setting{_suggest(key, known)}"
+                )
             if key in path_keys and isinstance(value, str) and value:
                 value = str((cwd / Path(value).expanduser()).resolve())
             vals[key] = value
@@ -404,7 +408,7 @@ def _format_validation(e: ValidationError, sources: dict[str, str], path: Path |
 
 
 def settings_as_rows(loaded: LoadedSettings) -> list[tuple[str, str, str]]:
-    """(key, value, source) rows for display. Secrets never appear: only env-var *names* are kept."""
+    """(key, value, source) rows. Secrets never appear: settings hold env-var *names* only."""
     flat = _flatten(loaded.settings.model_dump(mode="json"))
     return [(k, _display(v), loaded.sources.get(k, "default")) for k, v in flat.items()]
 

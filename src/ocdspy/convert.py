@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from ocdspy.sessions.read import Problem, SessionRead, Source, discover, iter_se
 EXAMPLES_FILE = "examples.jsonl"
 MANIFEST_FILE = "manifest.json"
 HISTORY_MESSAGE_CHARS = 600
+_PLACEHOLDER = re.compile(r"\[REDACTED:[a-z-]+\]")
 
 # The argument that says what a tool call was about (FORMATS.md section 4).
 _MAIN_ARG: dict[str, tuple[str, ...]] = {
@@ -151,10 +153,14 @@ def relative_to_cwd(path: str, cwd: str | None) -> str:
     return path
 
 
-def render_result(value: Any, max_chars: int, redact: bool, counts: Counter[str]) -> tuple[str, bool]:
+def render_result(
+    value: Any, max_chars: int, redact: bool, counts: Counter[str]
+) -> tuple[str, bool]:
     if value is None:
         return "", False
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    text = (
+        value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    )
     truncated = len(text) > max_chars
     if truncated:
         # Redact a little past the cut, so a secret straddling it is still recognised whole.
@@ -162,9 +168,9 @@ def render_result(value: Any, max_chars: int, redact: bool, counts: Counter[str]
         if redact:
             window = redact_text(window, counts)
         cut = max_chars
-        opening = window.rfind("[REDACTED:", 0, cut)
-        if opening != -1 and window.find("]", opening) >= cut:
-            cut = window.find("]", opening) + 1
+        for m in _PLACEHOLDER.finditer(window):
+            if m.start() < cut < m.end():
+                cut = m.end()
         return window[:cut] + f"\n… [truncated {len(text) - max_chars} chars]", True
     return (redact_text(text, counts) if redact else text), False
 
@@ -182,8 +188,14 @@ def _diag_line(d: Any) -> str:
 def render_context(ctx: Context, *, max_files: int = 20, max_diagnostics: int = 5) -> str:
     lines: list[str] = []
     if ctx.workingDirectory or ctx.projectType or ctx.fileCount is not None:
-        bits = [b for b in (ctx.projectType, f"{ctx.fileCount} files" if ctx.fileCount is not None
-                            else None) if b]
+        bits = [
+            b
+            for b in (
+                ctx.projectType,
+                f"{ctx.fileCount} files" if ctx.fileCount is not None else None,
+            )
+            if b
+        ]
         extra = f" ({', '.join(bits)})" if bits else ""
         lines.append(f"project: {ctx.workingDirectory or '?'}{extra}")
     if ctx.gitStatus is not None:
@@ -214,9 +226,7 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        texts = [
-            c.get("text", "") if isinstance(c, dict) else str(c) for c in content
-        ]
+        texts = [c.get("text", "") if isinstance(c, dict) else str(c) for c in content]
         return " ".join(t for t in texts if t)
     return json.dumps(content, ensure_ascii=False) if content is not None else ""
 
@@ -235,10 +245,12 @@ def _metrics(session: SessionLog, turn: Turn) -> dict[str, Any]:
     out: dict[str, Any] = {"tool_calls": len(turn.actions)}
     m = turn.outcome.metrics if turn.outcome and turn.outcome.metrics else None
     if m is not None:
-        for key, name in (("filesModified", "files_modified"),
-                          ("timeToCompletion", "time_to_completion"),
-                          ("lspErrorsCleared", "lsp_errors_cleared"),
-                          ("cacheHitRate", "cache_hit_rate")):
+        for key, name in (
+            ("filesModified", "files_modified"),
+            ("timeToCompletion", "time_to_completion"),
+            ("lspErrorsCleared", "lsp_errors_cleared"),
+            ("cacheHitRate", "cache_hit_rate"),
+        ):
             v = getattr(m, key)
             if v is not None and v == v:  # drop NaN
                 out[name] = v
@@ -251,7 +263,11 @@ def _metrics(session: SessionLog, turn: Turn) -> dict[str, Any]:
             v = getattr(ev, key)
             if v is not None and v == v:
                 out[f"evaluation_{key}"] = v
-    if turn.metadata and turn.metadata.duration is not None and turn.metadata.duration == turn.metadata.duration:
+    if (
+        turn.metadata
+        and turn.metadata.duration is not None
+        and turn.metadata.duration == turn.metadata.duration
+    ):
         out["duration"] = turn.metadata.duration
     cost = (turn.model_extra or {}).get("cost")
     if isinstance(cost, (int, float)):
@@ -259,8 +275,9 @@ def _metrics(session: SessionLog, turn: Turn) -> dict[str, Any]:
     return out
 
 
-def _action(a: Action, index: int, cwd: str | None, settings: ConvertSettings,
-            counts: Counter[str]) -> ExampleAction:
+def _action(
+    a: Action, index: int, cwd: str | None, settings: ConvertSettings, counts: Counter[str]
+) -> ExampleAction:
     args = redact_value(a.args, counts) if settings.redact else a.args
     result, truncated = render_result(a.result, settings.result_max_chars, settings.redact, counts)
     return ExampleAction(
@@ -300,7 +317,8 @@ def turn_to_example(
         agent=turn.agent.name if turn.agent else None,
         model=turn.agent.model if turn.agent else None,
         metrics=_metrics(session, turn),
-        parent_session_id=extra.get("parentSession") if isinstance(extra.get("parentSession"), str)
+        parent_session_id=extra.get("parentSession")
+        if isinstance(extra.get("parentSession"), str)
         else None,
     )
 
@@ -358,8 +376,11 @@ def convert(
             hint="put plugin session logs, `opencode export` files or an opencode.db there, "
             "or run `ocdspy collect`",
         )
-    base = base_dir if base_dir is not None else (inputs[0] if len(inputs) == 1 and inputs[0].is_dir()
-                                                   else None)
+    base = (
+        base_dir
+        if base_dir is not None
+        else (inputs[0] if len(inputs) == 1 and inputs[0].is_dir() else None)
+    )
     entries = {
         id(s): SourceEntry(path=_display_path(s.path, base), format=s.format, sha256=source_hash(s))
         for s in found.sources
@@ -380,8 +401,9 @@ def convert(
             and old.producer == ConvertManifest.model_fields["producer"].default
             and file_sha256(examples_path) == old.output_sha256
         ):
-            return ConvertResult(examples_path=examples_path, manifest_path=manifest_path,
-                                 manifest=old, cached=True)
+            return ConvertResult(
+                examples_path=examples_path, manifest_path=manifest_path, manifest=old, cached=True
+            )
 
     counts: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
@@ -428,13 +450,20 @@ def convert(
         examples_kept=kept,
         dropped=dict(sorted(dropped.items())),
         redactions=dict(sorted(counts.items())),
-        problems=[str(p) for p in problems],
+        problems=[
+            str(Problem(_display_path(Path(p.file), base), p.where, p.message, p.severity))
+            for p in problems
+        ],
         output=EXAMPLES_FILE,
         output_sha256=h.hexdigest(),
     )
     write_model_atomic(manifest_path, manifest)
-    return ConvertResult(examples_path=examples_path, manifest_path=manifest_path,
-                         manifest=manifest, problems=problems)
+    return ConvertResult(
+        examples_path=examples_path,
+        manifest_path=manifest_path,
+        manifest=manifest,
+        problems=problems,
+    )
 
 
 def load_examples(path: Path) -> list[Example]:
@@ -448,6 +477,8 @@ def load_examples(path: Path) -> list[Example]:
             try:
                 out.append(Example.model_validate_json(line))
             except ValueError as e:
-                raise DataError(f"{path}: line {n}: not an example ({str(e).splitlines()[0]})",
-                                hint="re-run `ocdspy convert`") from None
+                raise DataError(
+                    f"{path}: line {n}: not an example ({str(e).splitlines()[0]})",
+                    hint="re-run `ocdspy convert`",
+                ) from None
     return out

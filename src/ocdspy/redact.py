@@ -23,6 +23,7 @@ _PATTERNS: list[tuple[str, str]] = [
     ),
     ("anthropic-key", r"\bsk-ant-[A-Za-z0-9_\-]{20,}"),
     ("openai-key", r"\bsk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_\-]{20,}"),
+    ("stripe-key", r"\b[rsp]k_(?:live|test)_[A-Za-z0-9]{16,}"),
     ("aws-access-key", r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b"),
     ("github-token", r"\b(?:gh[pousr]_[A-Za-z0-9]{30,255}|github_pat_[A-Za-z0-9_]{22,255})"),
     ("slack-token", r"\bxox[abposre]-[A-Za-z0-9-]{10,}"),
@@ -36,8 +37,8 @@ _PATTERNS: list[tuple[str, str]] = [
         "secret-assignment",
         r"(?:\b[A-Z][A-Z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|PWD|CREDENTIALS?|AUTH)"
         r"[A-Z0-9_]*\b"
-        r"|(?i:\b[a-z0-9_\-]*(?:api[_\-]?key|secret[_\-]?key|access[_\-]?token|auth[_\-]?token"
-        r"|refresh[_\-]?token|client[_\-]?secret|private[_\-]?key|password|passwd)\b))"
+        r"|(?i:\b[a-z0-9_\-]*(?:api[_\-]?key|secret|access[_\-]?token|auth[_\-]?token"
+        r"|refresh[_\-]?token|private[_\-]?key|password|passwd)[a-z0-9_\-]*\b))"
         r"[\"']?\s*(?:=|:)\s*[\"']?(?P<assigned>(?!\[REDACTED)(?![$<{])[^\s\"',;]{4,})",
     ),
 ]

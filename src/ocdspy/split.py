@@ -142,5 +142,6 @@ def split(
     )
     manifest_path = out_dir / MANIFEST_FILE
     write_model_atomic(manifest_path, manifest)
-    return SplitResult(train_path=train_path, val_path=val_path, manifest_path=manifest_path,
-                       manifest=manifest)
+    return SplitResult(
+        train_path=train_path, val_path=val_path, manifest_path=manifest_path, manifest=manifest
+    )

@@ -52,8 +52,11 @@ class ValidateReport(BaseModel):
 
     @property
     def valid(self) -> bool:
-        return all(f.errors == 0 for f in self.files) and all(r.ok for r in self.requirements) \
+        return (
+            all(f.errors == 0 for f in self.files)
+            and all(r.ok for r in self.requirements)
             and not any(p.severity == "error" and not p.file for p in self.problems)
+        )
 
     @property
     def exit_code(self) -> int:
@@ -70,8 +73,9 @@ def validate(
         rows[str(src.path)] = FileReport(file=str(src.path), format=src.format)
 
     def note(p: Problem) -> None:
-        report.problems.append(ProblemOut(file=p.file, path=p.where, message=p.message,
-                                          severity=p.severity))
+        report.problems.append(
+            ProblemOut(file=p.file, path=p.where, message=p.message, severity=p.severity)
+        )
         row = rows.get(p.file)
         if row is None:
             row = rows[p.file] = FileReport(file=p.file, format="-")
@@ -115,33 +119,50 @@ def _requirements(
     where = ", ".join(str(p) for p in paths)
     checks = []
     if report.total_sessions == 0:
-        checks.append(RequirementCheck(
-            name="sessions", ok=False, message=f"No session logs found in {where}",
-            fix="record sessions with the logging plugin, export them with `opencode export`, "
-            "or copy them from OpenCode's own store with `ocdspy collect`; then point "
-            "data.raw_dir (or the PATH argument) at them",
-        ))
+        checks.append(
+            RequirementCheck(
+                name="sessions",
+                ok=False,
+                message=f"No session logs found in {where}",
+                fix="record sessions with the logging plugin, export them with `opencode export`, "
+                "or copy them from OpenCode's own store with `ocdspy collect`; then point "
+                "data.raw_dir (or the PATH argument) at them",
+            )
+        )
         return checks
-    checks.append(RequirementCheck(
-        name="sessions", ok=True, message=f"{report.total_sessions} sessions read"))
+    checks.append(
+        RequirementCheck(name="sessions", ok=True, message=f"{report.total_sessions} sessions read")
+    )
     if require_success:
         ok = report.successful_sessions > 0
-        checks.append(RequirementCheck(
-            name="successful sessions", ok=ok,
-            message=f"{report.successful_sessions} sessions with successful turns" if ok
-            else "No successful sessions found",
-            fix=None if ok else "the optimizer learns from successful turns: record sessions "
-            "where the agent finished the task, or set data.require_success: false to learn "
-            "from every turn",
-        ))
+        checks.append(
+            RequirementCheck(
+                name="successful sessions",
+                ok=ok,
+                message=f"{report.successful_sessions} sessions with successful turns"
+                if ok
+                else "No successful sessions found",
+                fix=None
+                if ok
+                else "the optimizer learns from successful turns: record sessions "
+                "where the agent finished the task, or set data.require_success: false to learn "
+                "from every turn",
+            )
+        )
     usable = report.successful_examples if require_success else report.total_examples
     ok = usable >= min_examples
     kind = "successful examples" if require_success else "examples"
-    checks.append(RequirementCheck(
-        name="enough examples", ok=ok,
-        message=f"{usable} {kind} (need at least {min_examples})" if ok
-        else f"Not enough examples: found {usable} {kind}, need at least {min_examples}",
-        fix=None if ok else "record more sessions, or lower data.min_examples (fewer examples "
-        "give the optimizer less to learn from)",
-    ))
+    checks.append(
+        RequirementCheck(
+            name="enough examples",
+            ok=ok,
+            message=f"{usable} {kind} (need at least {min_examples})"
+            if ok
+            else f"Not enough examples: found {usable} {kind}, need at least {min_examples}",
+            fix=None
+            if ok
+            else "record more sessions, or lower data.min_examples (fewer examples "
+            "give the optimizer less to learn from)",
+        )
+    )
     return checks

@@ -32,8 +32,10 @@ class Problem:
     severity: Severity = "error"
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.where}: {self.message}" if self.where else (
-            f"{self.file}: {self.message}"
+        return (
+            f"{self.file}: {self.where}: {self.message}"
+            if self.where
+            else (f"{self.file}: {self.message}")
         )
 
 
@@ -168,7 +170,11 @@ def _walk(root: Path, add: Callable[[Path, str], None]) -> None:
         if child.is_dir():
             _walk(child, add)
         elif child.is_file():
-            fmt = _sniff_file(child) if child.suffix.lower() in (".json", ".db", ".sqlite", "") else None
+            fmt = (
+                _sniff_file(child)
+                if child.suffix.lower() in (".json", ".db", ".sqlite", "")
+                else None
+            )
             if fmt is None and child.suffix.lower() not in (".json",):
                 continue
             add(child, fmt or "json")
@@ -227,6 +233,9 @@ def validation_problems(file: str, e: ValidationError, *, limit: int = 20) -> li
         if err["type"] == "model_type" and not err["loc"]:
             got = type(err.get("input")).__name__
             msg = f"top level must be a JSON object (a session log), got {_json_type(got)}"
+        elif err["type"] == "missing" and tuple(err["loc"]) == ("examples",):
+            msg = "not a session log: no 'examples' array at the top level"
+            where = ""
         elif err["type"] == "missing":
             msg = "required field is missing"
         probs.append(Problem(file, where, msg))
@@ -236,13 +245,23 @@ def validation_problems(file: str, e: ValidationError, *, limit: int = 20) -> li
 
 
 def _json_type(pyname: str) -> str:
-    return {"list": "an array", "str": "a string", "int": "a number", "float": "a number",
-            "bool": "a boolean", "NoneType": "null"}.get(pyname, pyname)
+    return {
+        "list": "an array",
+        "str": "a string",
+        "int": "a number",
+        "float": "a number",
+        "bool": "a boolean",
+        "NoneType": "null",
+    }.get(pyname, pyname)
+
+
+_UNREADABLE = object()
 
 
 def parse_json_bytes(path: Path, data: bytes) -> tuple[Any, list[Problem]]:
     """Decode JSON bytes leniently: bad UTF-8 is replaced (with a warning); syntax errors are
-    returned as problems with line and column. Returns (value or None, problems)."""
+    returned as problems with line and column. Returns (value, problems); the value is
+    `_UNREADABLE` when nothing could be parsed."""
     import json
 
     problems: list[Problem] = []
@@ -252,20 +271,28 @@ def parse_json_bytes(path: Path, data: bytes) -> tuple[Any, list[Problem]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        problems.append(Problem(file, "", f"not valid UTF-8 at byte {e.start}; invalid bytes "
-                                "were replaced with U+FFFD", "warning"))
+        problems.append(
+            Problem(
+                file,
+                "",
+                f"not valid UTF-8 at byte {e.start}; invalid bytes were replaced with U+FFFD",
+                "warning",
+            )
+        )
         text = data.decode("utf-8", errors="replace")
     if not text.strip():
-        return None, [*problems, Problem(file, "", "file is empty")]
+        return _UNREADABLE, [*problems, Problem(file, "", "file is empty")]
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        truncated = e.pos >= len(text.rstrip()) - 1
+        truncated = e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string")
         what = "file is truncated (JSON ends early)" if truncated else "invalid JSON"
-        return None, [*problems, Problem(file, "", f"{what}: {e.msg} at line {e.lineno} "
-                                         f"column {e.colno}")]
+        return _UNREADABLE, [
+            *problems,
+            Problem(file, "", f"{what}: {e.msg} at line {e.lineno} column {e.colno}"),
+        ]
     except RecursionError:
-        return None, [*problems, Problem(file, "", "JSON is nested too deeply to read")]
+        return _UNREADABLE, [*problems, Problem(file, "", "JSON is nested too deeply to read")]
     return value, problems
 
 
@@ -276,8 +303,12 @@ def nonfinite_warning(file: str, data: bytes) -> Problem | None:
     m = _NONFINITE.search(data)
     if m is None:
         return None
-    return Problem(file, "", f"{m.group(1).decode()} at {_position(data, m.start(1))} is not valid "
-                   "JSON; read as null", "warning")
+    return Problem(
+        file,
+        "",
+        f"{m.group(1).decode()} at {_position(data, m.start(1))} is not valid JSON; read as null",
+        "warning",
+    )
 
 
 @register_reader("json")
@@ -305,20 +336,24 @@ def read_json_file(path: Path) -> Iterator[ReadItem]:
         # Invalid JSON or bad UTF-8: fall through to the lenient path for a precise message.
     value, problems = parse_json_bytes(path, data)
     yield from problems
-    if value is None:
+    if value is _UNREADABLE:
         return
     if isinstance(value, dict) and "info" in value and "messages" in value:
         export_reader = VALUE_READERS.get("opencode-export")
         if export_reader is None:
-            yield Problem(file, "", "this is an `opencode export` file, which this version cannot "
-                          "read")
+            yield Problem(
+                file, "", "this is an `opencode export` file, which this version cannot read"
+            )
             return
         yield from export_reader(path, value, content_key)
         return
     if isinstance(value, dict) and "examples" not in value:
         keys = ", ".join(sorted(value)[:6]) or "none"
-        yield Problem(file, "", f"not a session log: no 'examples' array at the top level "
-                      f"(keys found: {keys})")
+        yield Problem(
+            file,
+            "",
+            f"not a session log: no 'examples' array at the top level (keys found: {keys})",
+        )
         return
     try:
         yield SessionRead(SessionLog.model_validate(value), path, "plugin", content_key)
@@ -331,8 +366,7 @@ def read_paths(paths: Iterable[Path | str]) -> tuple[list[Source], Iterator[Read
 
     def items() -> Iterator[ReadItem]:
         yield from found.problems
-        for src in found.sources:
-            yield from read_source(src)
+        yield from iter_sessions(found.sources)
 
     return found.sources, items()
 
@@ -363,8 +397,16 @@ def iter_sessions(sources: Iterable[Source]) -> Iterator[ReadItem]:
             same = first_key is not None and first_key == item.content_key
             differs = first_key is not None and item.content_key is not None and not same
             if differs:
-                yield Problem(str(item.file), "session", f"duplicate session id '{sid}' (also in "
-                              f"{first_file}) with different content; this copy is skipped")
+                yield Problem(
+                    str(item.file),
+                    "session",
+                    f"duplicate session id '{sid}' (also in "
+                    f"{first_file}) with different content; this copy is skipped",
+                )
             else:
-                yield Problem(str(item.file), "session", f"session '{sid}' was already read from "
-                              f"{first_file}; this copy is skipped", "warning")
+                yield Problem(
+                    str(item.file),
+                    "session",
+                    f"session '{sid}' was already read from {first_file}; this copy is skipped",
+                    "warning",
+                )

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from ocdspy.redact import find_secrets, redact_text, redact_value
+
+SECRETS = [
+    ("OPENAI_API_KEY=sk-proj-Qw3rTy7uI9oP1aS5dF6gH8jK0lZx", "openai-key", "Qw3rTy7u"),
+    ("key: sk-abcdefghijklmnopqrstuvwxyz0123", "openai-key", "abcdefghij"),
+    ('ANTHROPIC_API_KEY="sk-ant-api03-AbCdEfGhIjKlMnOpQrStUv"', "anthropic-key", "AbCdEfGh"),
+    ("aws AKIAIOSFODNN7EXAMPLE creds", "aws-access-key", "IOSFODNN7"),
+    (
+        "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "secret-assignment",
+        "wJalrXUtn",
+    ),
+    ("GITHUB_TOKEN=ghp_abcdefghijklmnopqrstuvwxyz0123456789", "github-token", "abcdefghijkl"),
+    (
+        "token github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+        "github-token",
+        "11ABCDEFG",
+    ),
+    ("slack xoxb-1234567890-0987654321-AbCdEfGhIjKl", "slack-token", "1234567890"),
+    ("-H 'Authorization: Bearer eyJhbGciOi.payload12345678.sig'", "bearer-token", "payload123"),
+    ("DB_PASSWORD=hunter2hunter2", "secret-assignment", "hunter2"),
+    ('{"password": "correct horse"}', "secret-assignment", "correct"),
+    ("postgres://app:s3cr3tpw@db:5432/app", "url-password", "s3cr3tpw"),
+    (
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\n-----END OPENSSH PRIVATE KEY-----",
+        "private-key",
+        "b3BlbnNz",
+    ),
+    ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC", "private-key", "MIIEvQ"),
+    ("STRIPE=sk_live_51Hc9abcdefghijklmnopqrstu", "stripe-key", "51Hc9abc"),
+]
+
+
+@pytest.mark.parametrize(("text", "kind", "secret_part"), SECRETS)
+def test_secret_is_replaced_with_a_typed_placeholder(
+    text: str, kind: str, secret_part: str
+) -> None:
+    counts: Counter[str] = Counter()
+    out = redact_text(text, counts)
+    assert secret_part not in out
+    assert f"[REDACTED:{kind}]" in out
+    assert counts[kind] == 1
+    assert find_secrets(text) and not find_secrets(out)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "max_tokens=1000",
+        "const key = cacheKey(x)",
+        "password: true",
+        "SECRET_KEY: ${SECRET_KEY}",
+        "the task is to read src/tokenizer.py",
+        "git commit -m 'rotate keys'",
+        "https://example.com/path",
+    ],
+)
+def test_harmless_text_is_untouched(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_names_are_kept_so_the_prompt_still_makes_sense() -> None:
+    out = redact_text("export OPENAI_API_KEY=sk-proj-Qw3rTy7uI9oP1aS5dF6gH8jK0lZx")
+    assert out == "export OPENAI_API_KEY=[REDACTED:openai-key]"
+
+
+def test_redact_value_walks_nested_structures() -> None:
+    counts: Counter[str] = Counter()
+    value = {
+        "args": {"command": "curl -H 'Authorization: Bearer abcdefghijklmnopqrstuv'"},
+        "list": ["ok", "AKIAIOSFODNN7EXAMPLE"],
+        "n": 3,
+    }
+    out = redact_value(value, counts)
+    assert "abcdefghijklmnop" not in str(out) and "AKIAIOSFODNN7EXAMPLE" not in str(out)
+    assert out["n"] == 3
+    assert counts == Counter({"bearer-token": 1, "aws-access-key": 1})
