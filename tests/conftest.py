@@ -13,6 +13,10 @@ EXAMPLES = REPO / "examples"
 
 # Set before anything imports dspy/litellm (they read these at import time).
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# Tests that install real OpenCode cache it outside the per-test HOME, or every test would
+# download it again.
+os.environ.setdefault("OCDSPY_TEST_CACHE", str(Path.home() / ".cache" / "ocdspy-tests"))
+KEEP_ENV = {"OCDSPY_TEST_CACHE", "OCDSPY_RECORD_LEGACY"}
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +30,7 @@ def _isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "200")
     for name in list(os.environ):
-        if name.startswith("OCDSPY_") or name in ("OPENCODE_DB",):
+        if (name.startswith("OCDSPY_") and name not in KEEP_ENV) or name == "OPENCODE_DB":
             monkeypatch.delenv(name, raising=False)
 
 
