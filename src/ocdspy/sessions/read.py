@@ -7,6 +7,7 @@ stays flat whatever the size of the corpus. A reader never raises for bad input:
 
 from __future__ import annotations
 
+import filecmp
 import glob
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -314,11 +315,10 @@ def nonfinite_warning(file: str, data: bytes) -> Problem | None:
 @register_reader("json")
 def read_json_file(path: Path) -> Iterator[ReadItem]:
     """Read one JSON file: a plugin session log or an `opencode export` file."""
-    import hashlib
-
     data = path.read_bytes()
     file = str(path)
-    content_key = hashlib.sha256(data).hexdigest()
+    # Duplicate ids are rare; their contents are compared only then (see iter_sessions).
+    content_key = f"file:{path}"
     warn = nonfinite_warning(file, data)
     if warn:
         yield warn
@@ -371,6 +371,18 @@ def read_paths(paths: Iterable[Path | str]) -> tuple[list[Source], Iterator[Read
     return found.sources, items()
 
 
+def _same_content(a: str | None, b: str | None) -> bool:
+    """Keys are `file:PATH` (compare the files' bytes, only now that ids collide) or hashes."""
+    if a is None or b is None:
+        return False
+    if a.startswith("file:") and b.startswith("file:"):
+        try:
+            return filecmp.cmp(a[5:], b[5:], shallow=False)
+        except OSError:
+            return False
+    return a == b
+
+
 def iter_sessions(sources: Iterable[Source]) -> Iterator[ReadItem]:
     """Read sources in order, dropping repeated session ids.
 
@@ -394,7 +406,7 @@ def iter_sessions(sources: Iterable[Source]) -> Iterator[ReadItem]:
                 yield item
                 continue
             first_file, first_key = first
-            same = first_key is not None and first_key == item.content_key
+            same = _same_content(first_key, item.content_key)
             differs = first_key is not None and item.content_key is not None and not same
             if differs:
                 yield Problem(
