@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gen_sessions import generate  # noqa: E402
+from gen_sessions import generate
 
 WORK = Path(__file__).parent / ".work"
 

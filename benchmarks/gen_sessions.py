@@ -14,11 +14,39 @@ import random
 from pathlib import Path
 
 TOOLS = ["read", "edit", "bash", "grep", "glob", "write", "list"]
-WORDS = (
-    "invoice total tax region line amount decimal round quantize store load save parse "
-    "config client server request response handler error retry timeout cache token user "
-    "session module package test assert fixture"
-).split()
+WORDS = [
+    "invoice",
+    "total",
+    "tax",
+    "region",
+    "line",
+    "amount",
+    "decimal",
+    "round",
+    "quantize",
+    "store",
+    "load",
+    "save",
+    "parse",
+    "config",
+    "client",
+    "server",
+    "request",
+    "response",
+    "handler",
+    "error",
+    "retry",
+    "timeout",
+    "cache",
+    "token",
+    "user",
+    "session",
+    "module",
+    "package",
+    "test",
+    "assert",
+    "fixture",
+]
 CODE = [
     "def {w}_{v}(self, {a}: int) -> Decimal:",
     '    return self.{w} * Decimal("{n}.{n}")',
