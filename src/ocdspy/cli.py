@@ -24,7 +24,9 @@ app = typer.Typer(
     help="Turn recorded OpenCode sessions into an optimized DSPy prompt and an OpenCode agent.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    rich_markup_mode="rich",
+    # Our errors are printed by handle_errors; rich tracebacks would only cost start-up time.
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 config_app = typer.Typer(help="Show and check the effective settings.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -86,12 +88,16 @@ def _root(
     _state["debug"] = debug
 
 
-def _rel(path: str) -> str:
-    """Show paths under the working directory relative to it: shorter tables, same meaning."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except (ValueError, OSError):
-        return path
+def _rel(path: str, base: Path | None = None) -> str:
+    """Show a path relative to `base` (else the working directory) when it lies below it."""
+    for root in (base, Path.cwd()):
+        if root is None:
+            continue
+        try:
+            return str(Path(path).resolve().relative_to(root.resolve()))
+        except (ValueError, OSError):
+            continue
+    return path
 
 
 def _load(config: Path | None, overrides: dict[str, Any] | None = None) -> Any:
@@ -180,6 +186,8 @@ def validate(
         config, {"data.min_examples": min_examples, "data.require_success": require_success}
     ).settings
     inputs = list(paths) if paths else [s.data.raw_dir]
+    # One directory in: name files relative to it, and say which directory in the title.
+    base = inputs[0] if len(inputs) == 1 and inputs[0].is_dir() else None
     report = run_validate(
         inputs, min_examples=s.data.min_examples, require_success=s.data.require_success
     )
@@ -191,7 +199,7 @@ def validate(
         out.print_json(json.dumps(data))
         raise typer.Exit(report.exit_code)
 
-    table = Table(title="session logs")
+    table = Table(title=f"session logs in {_rel(str(base))}" if base else "session logs")
     table.add_column("file", overflow="fold")
     for col, just in (
         ("format", "left"),
@@ -205,7 +213,7 @@ def validate(
     style = {"ok": "[green]ok[/]", "warnings": "[yellow]warnings[/]", "invalid": "[red]invalid[/]"}
     for f in report.files:
         table.add_row(
-            _rel(f.file),
+            _rel(f.file, base),
             f.format,
             str(f.sessions),
             str(f.examples),
@@ -371,6 +379,527 @@ def split(
             soft_wrap=True,
         )
     out.print(f"manifest: {_rel(str(res.manifest_path))}")
+
+
+# ---------------------------------------------------------------------------------------------
+# collect
+
+
+@app.command()
+@handle_errors
+def collect(
+    config: ConfigOpt = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Where to write sessions (default: data.raw_dir).",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            help="OpenCode database to read (default: found as OpenCode finds it).",
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    storage: Annotated[
+        Path | None,
+        typer.Option(
+            help="Legacy OpenCode storage/ folder to read instead of a database.",
+            exists=True,
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    project: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Only sessions run in this directory or below it (repeatable).",
+            metavar="<dir>",
+            show_default=False,
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only sessions updated since: 2026-01-31, 2026-01-31T14:00, 7d, 12h.",
+            metavar="<when>",
+            show_default=False,
+        ),
+    ] = None,
+    agent: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only sessions that used this agent (repeatable).",
+            metavar="<name>",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only sessions that used this model, provider/model or model (repeatable).",
+            metavar="<name>",
+            show_default=False,
+        ),
+    ] = None,
+    session: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only this session and its sub-agent sessions (repeatable).",
+            metavar="<id>",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="At most this many sessions, most recently updated first.",
+            metavar="<n>",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rewrite sessions already collected and unchanged.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy sessions out of OpenCode's own store (read-only) into data.raw_dir."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from ocdspy.collect import collect as run_collect
+
+    s = _load(config, {"data.raw_dir": out_dir}).settings
+    with Progress(
+        TextColumn("collecting sessions"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
+        disable=as_json,
+    ) as progress:
+        task = progress.add_task("collect", total=None)
+        res = run_collect(
+            s.data.raw_dir,
+            db=db,
+            storage=storage,
+            project=project or (),
+            since=since,
+            agents=agent or (),
+            models=model or (),
+            sessions=session or (),
+            limit=limit,
+            force=force,
+            on_progress=lambda n, total: progress.update(task, completed=n, total=total),
+        )
+    if as_json:
+        data = res.model_dump(mode="json", exclude={"problems"})
+        data["problems"] = [
+            {"file": p.file, "path": p.where, "message": p.message, "severity": p.severity}
+            for p in res.problems
+        ]
+        out.print_json(json.dumps(data))
+        return
+    for p in res.problems:
+        color = "red" if p.severity == "error" else "yellow"
+        out.print(f"[{color}]{p.severity}[/] {p}", highlight=False, soft_wrap=True)
+    st = res.store
+    out.print(
+        f"store: {st.path} ({st.format}, found via {st.found_by}); "
+        f"{res.sessions_in_store} sessions",
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(
+        f"[green]collected {res.selected} sessions[/]: {len(res.written)} written, "
+        f"{res.unchanged} unchanged, {res.empty} without messages -> {res.out_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+
+@app.command()
+@handle_errors
+def export(
+    program: Annotated[
+        str | None,
+        typer.Argument(help="Program name or path (default: the newest in outputs/programs).",
+                       show_default=False),
+    ] = None,
+    config: ConfigOpt = None,
+    name: Annotated[
+        str | None, typer.Option(help="Agent name (default: <model>-optimized).",
+                                 show_default=False)
+    ] = None,
+    install_to: Annotated[
+        Path | None,
+        typer.Option("--install-to", help="Copy the agent into this OpenCode agent folder "
+                     "(e.g. ~/.config/opencode/agents).", show_default=False),
+    ] = None,
+    mode: Annotated[
+        str, typer.Option(help="primary, subagent or all.", case_sensitive=False)
+    ] = "primary",
+    set_default: Annotated[
+        bool, typer.Option("--set-default", help="Make it OpenCode's default_agent "
+                           "(opencode.json next to the install folder; a backup is kept).")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an installed agent of that name (backed up).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the optimized program as an OpenCode agent file, and optionally install it."""
+    from ocdspy.evaluate import resolve_program
+    from ocdspy.export import export_agent
+
+    if mode not in ("primary", "subagent", "all"):
+        raise typer.BadParameter("must be primary, subagent or all", param_hint="--mode")
+    s = _load(config).settings
+    program_path = resolve_program(s, program)
+    stem = program_path.name[: -len(".json")] if program_path.name.endswith(".json") \
+        else program_path.stem
+    split_manifest = s.data.splits_dir / "manifest.json"
+    sessions = None
+    if split_manifest.is_file():
+        sessions = json.loads(split_manifest.read_text()).get("train", {}).get("sessions")
+    record = program_path.with_name(f"{stem}.run.json")
+    res = export_agent(
+        program_path,
+        s.outputs.prompts_dir,
+        target_provider=s.models.target.provider,
+        target_model=s.models.target.model,
+        temperature=s.models.target.temperature,
+        name=name,
+        mode=mode,  # type: ignore[arg-type]
+        examples_path=s.data.splits_dir / "train.jsonl",
+        report_path=s.outputs.reports_dir / f"{stem}.json",
+        run_record_path=record if record.is_file() else None,
+        sessions=sessions,
+        install_to=install_to,
+        set_default=set_default,
+        force=force,
+    )
+    for w in res.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    if as_json:
+        out.print_json(res.model_dump_json())
+        return
+    out.print(f"[green]wrote[/] {_rel(str(res.agent_path))} (agent [bold]{res.name}[/], "
+              f"{res.front_matter.mode})", soft_wrap=True)
+    out.print(f"provenance: {_rel(str(res.meta_path))}", soft_wrap=True)
+    if res.installed_path:
+        out.print(f"[green]installed[/] {res.installed_path}", soft_wrap=True)
+        if res.backup_path:
+            out.print(f"  previous version kept as {res.backup_path}", soft_wrap=True)
+    if res.config_path:
+        out.print(f"default_agent set in {res.config_path}"
+                  + (f" (backup {res.config_backup.name})" if res.config_backup else ""),
+                  soft_wrap=True)
+    how = f"opencode --agent {res.name}" if res.installed_path else \
+        f"ocdspy export --install-to ~/.config/opencode/agents, then opencode --agent {res.name}"
+    out.print(f"use it: {how}", soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# pipeline
+
+
+@app.command()
+@handle_errors
+def pipeline(
+    config: ConfigOpt = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help="Override optimization.optimizer.", show_default=False)
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Run name (default: <program>-<optimizer>).",
+                                 show_default=False)
+    ] = None,
+    agent_name: Annotated[
+        str | None, typer.Option("--agent-name", help="Agent name (default: <model>-optimized).",
+                                 show_default=False)
+    ] = None,
+    install_to: Annotated[
+        Path | None, typer.Option("--install-to", help="Also install the agent into this "
+                                  "OpenCode agent folder.", show_default=False)
+    ] = None,
+    set_default: Annotated[
+        bool, typer.Option("--set-default", help="Make it OpenCode's default agent.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an installed agent of that name "
+                           "(backed up).")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Redo every stage.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run validate → convert → split → optimize → evaluate → export, skipping what is current."""
+    from ocdspy.pipeline import run_pipeline
+
+    s = _load(config, {"optimization.optimizer": optimizer}).settings
+    status = err.status("starting…")
+    status.start()
+    try:
+        res = run_pipeline(s, name=name, force=force, install_to=install_to,
+                           set_default=set_default, overwrite=overwrite, agent_name=agent_name,
+                           on_stage=lambda st: status.update(f"{st}…"))
+    finally:
+        status.stop()
+    if as_json:
+        out.print_json(res.model_dump_json())
+        return
+    table = Table(title="pipeline")
+    for col in ("stage", "status", "seconds", "detail"):
+        table.add_column(col, overflow="fold")
+    for st in res.stages:
+        table.add_row(st.stage, st.status, f"{st.seconds:.1f}", _rel(st.detail))
+    out.print(table)
+    for w in res.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    out.print(f"data: {res.sessions} sessions -> {res.examples} examples "
+              f"(train {res.train_examples} from {res.train_sessions} sessions, "
+              f"val {res.val_examples} from {res.val_sessions})", soft_wrap=True)
+    if res.baseline_score is not None and res.optimized_score is not None:
+        gain = res.optimized_score - res.baseline_score
+        ci = (f", 95% CI {res.ci_low:+.1f} to {res.ci_high:+.1f}"
+              if res.ci_low is not None and res.ci_high is not None else "")
+        out.print(f"score on held-out sessions ({res.optimizer}): baseline "
+                  f"{res.baseline_score:.1f} -> optimized {res.optimized_score:.1f} "
+                  f"({gain:+.1f}{ci})", soft_wrap=True)
+    cost = f", cost ${res.lm_cost:.4f}" if res.lm_cost else ""
+    out.print(f"LM calls this run: {res.lm_calls} ({res.lm_new_calls} not from cache){cost}")
+    if res.report_path:
+        out.print(f"report: {_rel(str(res.report_path.with_suffix('.md')))}", soft_wrap=True)
+    if res.agent_path:
+        out.print(f"agent: {_rel(str(res.agent_path))}", soft_wrap=True)
+        if res.installed_path:
+            out.print(f"installed: {res.installed_path}; start it with "
+                      f"`opencode --agent {res.agent_name}`", soft_wrap=True)
+        else:
+            out.print(f"use it: ocdspy export --install-to ~/.config/opencode/agents, then "
+                      f"`opencode --agent {res.agent_name}`", soft_wrap=True)
+    out.print(f"done in {res.seconds:.0f} s")
+
+
+# ---------------------------------------------------------------------------------------------
+# optimize / evaluate
+
+
+def _score_cell(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+@app.command()
+@handle_errors
+def optimize(
+    config: ConfigOpt = None,
+    optimizer: Annotated[
+        str | None,
+        typer.Option(help="MIPROv2, COPRO, BootstrapFewShot, BootstrapFewShotWithRandomSearch, "
+                     "GEPA or SIMBA.", show_default=False),
+    ] = None,
+    auto: Annotated[
+        str | None,
+        typer.Option(help="Budget preset: light, medium, heavy, or none (use --trials).",
+                     show_default=False),
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option(help="Trials (MIPROv2, random search) or full evaluations "
+                                 "(GEPA) when --auto is none.", show_default=False, min=1)
+    ] = None,
+    program: Annotated[
+        str | None, typer.Option(help="Program mode: plan or next_action.", show_default=False)
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="Custom metric as package.module:function.",
+                                 show_default=False)
+    ] = None,
+    num_threads: Annotated[
+        int | None, typer.Option(help="Parallel LM calls.", show_default=False, min=1)
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Program name (default: <program>-<optimizer>).",
+                                 show_default=False)
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the planned LM calls and cost, then stop.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Optimize the agent program on the training split; save it and a run record."""
+    import os
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # DSPy's own bars would fight ours
+    from ocdspy.optimize import OptimizationInterrupted, ProgressEvent
+    from ocdspy.optimize import optimize as run_optimize
+
+    overrides: dict[str, Any] = {
+        "optimization.optimizer": optimizer, "optimization.num_trials": trials,
+        "optimization.program": program, "optimization.metric": metric,
+        "optimization.num_threads": num_threads,
+    }
+    if auto is not None:
+        if auto.lower() not in ("light", "medium", "heavy", "none"):
+            raise typer.BadParameter("must be light, medium, heavy or none", param_hint="--auto")
+        overrides["optimization.auto_mode"] = None if auto.lower() == "none" else auto.lower()
+    loaded = _load(config, overrides)
+    s = loaded.settings
+    if auto is not None and auto.lower() == "none":
+        s.optimization.auto_mode = None
+    elif trials is not None and auto is None:
+        s.optimization.auto_mode = None  # --trials alone means "this many", not a preset
+
+    if dry_run:
+        res = run_optimize(s, name=name, dry_run=True)
+        if as_json:
+            out.print_json(res.plan.model_dump_json())
+            return
+        for w in res.warnings:
+            err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        p = res.plan
+        table = Table(title=f"{p.optimizer} on {p.train_examples} training examples "
+                            f"({p.program} mode) — planned, not run")
+        for col, just in (("role", "left"), ("model", "left"), ("LM calls", "right"),
+                          ("input tokens", "right"), ("output tokens", "right"),
+                          ("est. cost", "right")):
+            table.add_column(col, justify=just)  # type: ignore[arg-type]
+        for c in p.calls:
+            table.add_row(c.role, c.model, f"≤ {c.calls}", f"{c.input_tokens:,}",
+                          f"{c.output_tokens:,}", "unknown" if c.cost is None else f"${c.cost:.4f}")
+        out.print(table)
+        total = "unknown (a model's price is not known)" if p.total_cost is None \
+            else f"${p.total_cost:.4f}"
+        out.print(f"estimated cost: {total}; scored predictions: ≤ {p.metric_calls}")
+        for n in p.notes:
+            out.print(f"[dim]{n}[/]", highlight=False, soft_wrap=True)
+        return
+
+    progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total} scored"), TimeElapsedColumn(),
+                        console=err, transient=True)
+    task = progress.add_task(f"{s.optimization.optimizer}", total=None)
+
+    def on_progress(ev: ProgressEvent) -> None:
+        best = "" if ev.best_score is None else f" · best {ev.best_score:.1f}"
+        progress.update(task, completed=ev.metric_calls, total=ev.planned_metric_calls or None,
+                        description=f"{s.optimization.optimizer} · {ev.candidates} "
+                                    f"candidate(s){best}")
+
+    try:
+        with progress:
+            res = run_optimize(s, name=name, on_progress=on_progress)
+    except OptimizationInterrupted as e:
+        r = e.result
+        err.print("[yellow]interrupted.[/]", highlight=False)
+        if r.program_path is not None:
+            err.print(f"best program so far saved to {r.program_path}", soft_wrap=True)
+        else:
+            err.print("no candidate had been scored yet: no program saved", soft_wrap=True)
+        if r.record_path is not None:
+            err.print(f"run record: {r.record_path}", soft_wrap=True)
+        if r.record is not None and r.record.resume_hint:
+            err.print(f"to resume: {r.record.resume_hint}", soft_wrap=True)
+        raise typer.Exit(130) from None
+    rec = res.record
+    assert rec is not None
+    for w in res.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    if as_json:
+        out.print_json(rec.model_dump_json())
+        return
+    if rec.trials:
+        table = Table(title="candidates scored (score 0-100 on the selection set)")
+        table.add_column("trial", justify="right")
+        table.add_column("score", justify="right")
+        table.add_column("scored", justify="right")
+        table.add_column("best", justify="center")
+        for t in rec.trials:
+            table.add_row(str(t.index), f"{t.score:.1f}", str(t.scored),
+                          "[green]✓[/]" if t.best_so_far else "")
+        out.print(table)
+    usage = Table(title="language models")
+    for col in ("role", "model", "calls", "from cache", "tokens in", "tokens out", "cost"):
+        usage.add_column(col)
+    for u in rec.lm_usage:
+        usage.add_row(u.role, u.model, str(u.calls), str(u.cached), f"{u.input_tokens:,}",
+                      f"{u.output_tokens:,}", "-" if u.cost is None else f"${u.cost:.4f}")
+    out.print(usage)
+    out.print(f"[green]saved[/] {res.program_path} ({rec.optimizer}, {rec.program} mode, "
+              f"{rec.duration_s:.0f} s)", soft_wrap=True)
+    out.print(f"run record: {res.record_path}", soft_wrap=True)
+    out.print(f"next: ocdspy evaluate {res.name}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    program: Annotated[
+        str | None,
+        typer.Argument(help="Program name or path (default: the newest in outputs/programs).",
+                       show_default=False),
+    ] = None,
+    config: ConfigOpt = None,
+    resamples: Annotated[
+        int, typer.Option(help="Bootstrap resamples for the confidence interval.", min=100)
+    ] = 2000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score the baseline and the optimized program on the validation split."""
+    import os
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from ocdspy.evaluate import evaluate as run_evaluate
+
+    s = _load(config).settings
+    progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                        console=err, transient=True)
+    tasks: dict[str, Any] = {}
+
+    def on_progress(side: str, done: int, total: int) -> None:
+        if side not in tasks:
+            tasks[side] = progress.add_task(side, total=total)
+        progress.update(tasks[side], completed=done)
+
+    with progress:
+        res = run_evaluate(s, program, resamples=resamples, on_progress=on_progress)
+    r = res.report
+    if as_json:
+        out.print_json(r.model_dump_json(exclude={"results"}))
+        return
+    d = r.difference
+    table = Table(title=f"{r.name} on {r.examples_scored} held-out examples ({r.model})")
+    for col, just in (("", "left"), ("baseline", "right"), ("optimized", "right"),
+                      ("difference", "right")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    table.add_row("[bold]score[/]", _score_cell(r.baseline.score), _score_cell(r.optimized.score),
+                  f"{d.mean:+.1f} [{d.ci_low:+.1f}, {d.ci_high:+.1f}]")
+    for c, v in r.components_difference.items():
+        table.add_row(c, _score_cell(r.baseline.components[c]),
+                      _score_cell(r.optimized.components[c]), f"{v:+.1f}")
+    out.print(table)
+    out.print(f"{int(d.confidence * 100)}% bootstrap interval over {d.unit}: "
+              + ("excludes 0" if d.significant else "includes 0")
+              + f" · improved {r.improved}, worse {r.worse}, unchanged {r.unchanged}")
+    for x in r.worse_examples[:5]:
+        out.print(f"  [red]worse[/] {x.id}: expected {x.expected[:60]!r}, now "
+                  f"{x.optimized_output[:60]!r} ({x.delta:+.0f})", highlight=False,
+                  soft_wrap=True)
+    out.print(f"report: {res.markdown_path} (and .json)", soft_wrap=True)
 
 
 def main() -> None:

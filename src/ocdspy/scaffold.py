@@ -60,6 +60,7 @@ optimization:
     correctness: 0.2               # right files/commands and a matching final answer
   metric: null                     # a custom metric: package.module:function
   program: plan                    # plan | next_action
+  demos_shown: 3                   # demos per call, the most similar to the input (0 = all)
   num_threads: 1
   max_errors: 10                   # failed LM calls tolerated before a run stops
   seed: 9

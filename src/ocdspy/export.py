@@ -1,0 +1,649 @@
+"""export: an optimized program -> an OpenCode agent file (FORMATS.md section 5).
+
+The agent file is Markdown with YAML front matter; its body is the agent's whole system prompt:
+the optimized instructions, the chosen demonstrations as readable worked examples, and tool-use
+guidance drawn from the recorded sessions. Provenance goes to a sidecar `NAME.meta.json`, never
+into the front matter: OpenCode passes unknown front-matter keys to the model provider.
+
+This module reads DSPy's saved-program JSON directly; it needs no DSPy import.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ocdspy import __version__
+from ocdspy.artifacts import bytes_sha256, write_model_atomic, write_text_atomic
+from ocdspy.errors import DataError, OcdspyError
+from ocdspy.redact import find_secrets
+
+AgentMode = Literal["primary", "subagent", "all"]
+DEMOS_SHOWN = 6
+_NAME_OK = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+# What DSPy's adapters put around fields; none of it may reach the prompt.
+_DSPY_MARKERS = re.compile(r"\[\[ ## \w+ ## \]\]|\$\{\w+\}|^\s*(?:Input|Output) fields?:", re.M)
+
+# ---------------------------------------------------------------------------------------------
+# The agent file's front matter, as OpenCode validates it (unknown keys are rejected here because
+# OpenCode would send them to the provider).
+
+
+class AgentFrontMatter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field(min_length=1)
+    mode: AgentMode = "primary"
+    model: str | None = Field(None, pattern=r"^[^/\s]+/\S.*$")
+    variant: str | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    prompt: str | None = None
+    tools: dict[str, bool] | None = None
+    permission: dict[str, Any] | None = None
+    disable: bool | None = None
+    hidden: bool | None = None
+    color: str | None = Field(None, pattern=r"^#[0-9a-fA-F]{6}$")
+    steps: int | None = Field(None, ge=1)
+
+    @field_validator("permission")
+    @classmethod
+    def _permission_values(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        allowed = {"allow", "ask", "deny"}
+        for key, value in (v or {}).items():
+            values = value.values() if isinstance(value, dict) else [value]
+            if any(x not in allowed for x in values):
+                raise ValueError(f"permission.{key}: each value must be allow, ask or deny")
+        return v
+
+
+class ExportMeta(BaseModel):
+    producer: str = f"ocdspy {__version__}"
+    stage: str = "export"
+    name: str
+    agent_file: str
+    agent_sha256: str
+    program: str
+    program_sha256: str
+    run_record: str | None = None
+    report: str | None = None
+    baseline_score: float | None = None
+    optimized_score: float | None = None
+    sessions: int | None = None
+    target_model: str | None = None
+    opencode_model: str | None = None
+    demos: int = 0
+    installed_to: str | None = None
+    backup: str | None = None
+    default_agent_set_in: str | None = None
+
+
+class ExportResult(BaseModel):
+    name: str
+    agent_path: Path
+    meta_path: Path
+    installed_path: Path | None = None
+    backup_path: Path | None = None
+    config_path: Path | None = None
+    config_backup: Path | None = None
+    warnings: list[str] = Field(default_factory=list)
+    front_matter: AgentFrontMatter
+
+
+# ---------------------------------------------------------------------------------------------
+# Names
+
+
+def sanitize_name(raw: str) -> str:
+    """Lower-case, `[a-z0-9-]` only: `qwen2.5-coder:7b` -> `qwen2-5-coder-7b`."""
+    name = re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-")
+    name = re.sub(r"-{2,}", "-", name)[:63].strip("-")
+    return name
+
+
+def default_name(model: str) -> str:
+    base = model.rsplit("/", 1)[-1]
+    return f"{sanitize_name(base) or 'agent'}-optimized"
+
+
+_OPENCODE_PROVIDERS = {
+    "ollama": "ollama",
+    "ollama_chat": "ollama",
+    "openai": "openai",
+    "anthropic": "anthropic",
+}
+
+
+def opencode_model(provider: str, model: str) -> str | None:
+    """The `provider/model` OpenCode knows, from our settings or a DSPy/LiteLLM model string.
+
+    `ollama_chat/qwen2.5-coder:7b` -> `ollama/qwen2.5-coder:7b`. The built-in local model runs
+    inside ocdspy only, and an OpenAI-compatible endpoint has no provider name we can know:
+    both give None (the agent then uses the model the user has selected in OpenCode).
+    """
+    if "/" in model:
+        head, rest = model.split("/", 1)
+        if head in _OPENCODE_PROVIDERS:
+            return f"{_OPENCODE_PROVIDERS[head]}/{rest}"
+    mapped = _OPENCODE_PROVIDERS.get(provider)
+    if mapped is None:
+        return None
+    return f"{mapped}/{model}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the program
+
+
+class ProgramParts(BaseModel):
+    instructions: list[str]
+    demos: list[dict[str, Any]]
+
+
+def read_program(path: Path) -> ProgramParts:
+    """Instructions and demos of every predictor in a DSPy-saved program JSON."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a saved DSPy program ({e})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: not a saved DSPy program (top level is not an object)")
+    instructions: list[str] = []
+    demos: list[dict[str, Any]] = []
+    for key, value in data.items():
+        if key == "metadata" or not isinstance(value, dict) or "signature" not in value:
+            continue
+        sig = value.get("signature") or {}
+        text = sig.get("instructions") if isinstance(sig, dict) else None
+        if isinstance(text, str) and text.strip():
+            instructions.append(text.strip())
+        for d in value.get("demos") or []:
+            if isinstance(d, dict):
+                demos.append(d)
+    if not instructions:
+        raise DataError(
+            f"{path}: no predictor with instructions found",
+            hint="export a program saved by `ocdspy optimize`",
+        )
+    return ProgramParts(instructions=instructions, demos=demos)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering the body
+
+
+def _calls(demo: dict[str, Any]) -> list[tuple[str, str]]:
+    plan = demo.get("plan")
+    if isinstance(plan, str):
+        try:
+            plan = json.loads(plan)
+        except json.JSONDecodeError:
+            plan = None
+    out: list[tuple[str, str]] = []
+    if isinstance(plan, list):
+        for c in plan:
+            if isinstance(c, dict) and c.get("tool"):
+                out.append((str(c["tool"]), str(c.get("target", "") or "")))
+    return out
+
+
+def _one_line(text: Any, limit: int = 300) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def render_demo(demo: dict[str, Any], index: int) -> str:
+    """A demonstration as a worked example a person (and a model) can read."""
+    lines = [f"### Example {index}", "", f"**Task:** {_one_line(demo.get('task', ''))}"]
+    history = str(demo.get("history") or "").strip()
+    if history:
+        lines.append(f"**Earlier in the conversation:** {_one_line(history, 400)}")
+    progress = str(demo.get("progress") or "").strip()
+    if progress:
+        lines += ["", "**Done so far:**", "", *[f"    {p}" for p in progress.splitlines()[:12]]]
+    calls = _calls(demo)
+    if calls:
+        lines += ["", "**Tool calls:**", ""]
+        lines += [f"{i}. `{tool}` {_code(target)}" for i, (tool, target) in enumerate(calls, 1)]
+    elif demo.get("tool"):
+        tool, target = str(demo["tool"]), str(demo.get("target") or "")
+        if tool == "finish":
+            lines += ["", f"**Answer:** {_one_line(target, 600)}"]
+        else:
+            lines += ["", f"**Next call:** `{tool}` {_code(target)}"]
+    if demo.get("response"):
+        lines += ["", f"**Answer:** {_one_line(demo['response'], 600)}"]
+    return "\n".join(lines)
+
+
+def _code(text: str) -> str:
+    text = _one_line(text, 200)
+    if not text:
+        return ""
+    fence = "``" if "`" in text else "`"
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+class Guidance(BaseModel):
+    sessions: int = 0
+    turns: int = 0
+    mean_calls: float = 0.0
+    tools: list[tuple[str, int]] = Field(default_factory=list)
+    commands: list[tuple[str, int]] = Field(default_factory=list)
+    read_before_edit: tuple[int, int] = (0, 0)
+    check_after_edit: tuple[int, int] = (0, 0)
+
+
+def learn_guidance(examples_path: Path | None) -> Guidance:
+    """Tool-use habits of the recorded successful turns the program was optimized on."""
+    g = Guidance()
+    if examples_path is None or not examples_path.is_file():
+        return g
+    tools: Counter[str] = Counter()
+    commands: Counter[str] = Counter()
+    sessions: set[str] = set()
+    calls = 0
+    rbe = [0, 0]
+    cae = [0, 0]
+    for line in examples_path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        ex = json.loads(line)
+        if not ex.get("success", True):
+            continue
+        g.turns += 1
+        sessions.add(ex.get("session_id", ""))
+        actions = ex.get("actions") or []
+        calls += len(actions)
+        read: set[str] = set()
+        edited = False
+        for a in actions:
+            tool, target = a.get("tool", ""), a.get("target", "")
+            tools[tool] += 1
+            if tool == "bash" and target:
+                commands[" ".join(target.split()[:2])] += 1
+            if tool == "read":
+                read.add(target)
+            if tool in ("edit", "multiedit"):
+                rbe[1] += 1
+                rbe[0] += target in read
+                edited = True
+        if edited:
+            cae[1] += 1
+            last_edit = max(
+                i for i, a in enumerate(actions) if a.get("tool") in ("edit", "write", "multiedit")
+            )
+            cae[0] += any(a.get("tool") == "bash" for a in actions[last_edit + 1 :])
+    g.sessions = len(sessions)
+    g.mean_calls = calls / g.turns if g.turns else 0.0
+    g.tools = tools.most_common(8)
+    g.commands = [(c, n) for c, n in commands.most_common(5) if n >= 2]
+    g.read_before_edit = (rbe[0], rbe[1])
+    g.check_after_edit = (cae[0], cae[1])
+    return g
+
+
+def render_guidance(g: Guidance) -> str:
+    if not g.turns:
+        return ""
+    lines = [
+        f"How the recorded sessions used tools ({g.turns} successful turns from "
+        f"{g.sessions} sessions):",
+        "",
+    ]
+    lines.append(f"- Keep it short: {g.mean_calls:.1f} tool calls per request on average.")
+    if g.tools:
+        usage = ", ".join(f"`{t}` {n}" for t, n in g.tools)
+        lines.append(f"- Tools used, most common first: {usage}.")
+    done, total = g.read_before_edit
+    if total:
+        lines.append(f"- Read a file before editing it ({done} of {total} edits did).")
+    done, total = g.check_after_edit
+    if total:
+        lines.append(
+            f"- After changing code, run a check with `bash` ({done} of {total} turns "
+            "that edited did)."
+        )
+    if g.commands:
+        cmds = ", ".join(f"`{c}`" for c, _ in g.commands)
+        lines.append(f"- Commands this project uses: {cmds}.")
+    lines.append("- Finish with a short answer that says what changed and where.")
+    return "\n".join(lines)
+
+
+def render_body(parts: ProgramParts, guidance: Guidance, *, demos_shown: int = DEMOS_SHOWN) -> str:
+    sections = ["\n\n".join(parts.instructions)]
+    demos = parts.demos[:demos_shown]
+    if demos:
+        sections.append(
+            "## Worked examples\n\n"
+            + "\n\n".join(render_demo(d, i) for i, d in enumerate(demos, 1))
+        )
+    text = render_guidance(guidance)
+    if text:
+        sections.append("## Tool use\n\n" + text)
+    return "\n\n".join(sections).strip() + "\n"
+
+
+def render_agent_file(front: AgentFrontMatter, body: str) -> str:
+    fm = front.model_dump(exclude_none=True)
+    head = yaml.safe_dump(fm, sort_keys=False, allow_unicode=True, width=1000).strip()
+    return f"---\n{head}\n---\n\n{body}"
+
+
+def parse_agent_file(text: str) -> tuple[dict[str, Any], str]:
+    """Split an agent file into (front matter, body), as OpenCode reads it."""
+    m = re.match(r"^---\r?\n(.*?)\r?\n---\r?\n?(.*)$", text, re.S)
+    if not m:
+        raise ValueError("no YAML front matter")
+    data = yaml.safe_load(m.group(1)) or {}
+    if not isinstance(data, dict):
+        raise ValueError("front matter is not a mapping")
+    return data, m.group(2)
+
+
+def check_agent_text(text: str) -> AgentFrontMatter:
+    """Validate an agent file as OpenCode would, plus our own rules (no secrets, no markers)."""
+    try:
+        data, body = parse_agent_file(text)
+        front = AgentFrontMatter.model_validate(data)
+    except (ValueError, ValidationError, yaml.YAMLError) as e:
+        raise OcdspyError(f"the agent file would be invalid for OpenCode: {e}") from None
+    if not body.strip():
+        raise OcdspyError("the agent file would have an empty prompt")
+    marker = _DSPY_MARKERS.search(body)
+    if marker:
+        raise OcdspyError(f"the agent prompt contains a DSPy field marker: {marker.group(0)!r}")
+    secrets = find_secrets(text)
+    if secrets:
+        kinds = ", ".join(sorted({k for k, _ in secrets}))
+        raise OcdspyError(
+            f"the agent prompt contains what looks like a secret ({kinds}); nothing was written",
+            hint="re-run `ocdspy convert` with redaction on (the default) and optimize again",
+        )
+    return front
+
+
+# ---------------------------------------------------------------------------------------------
+# Installing
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _backup(path: Path) -> Path:
+    backup = path.with_name(f"{path.name}.{_stamp()}.bak")
+    n = 1
+    while backup.exists():
+        backup = path.with_name(f"{path.name}.{_stamp()}-{n}.bak")
+        n += 1
+    shutil.copy2(path, backup)
+    return backup
+
+
+def install_agent(
+    agent_file: Path, install_dir: Path, name: str, *, force: bool = False
+) -> tuple[Path, Path | None]:
+    """Copy the agent file into an OpenCode agent folder; never overwrite silently."""
+    directory = install_dir.expanduser()
+    if directory.name not in ("agent", "agents"):
+        raise OcdspyError(
+            f"{install_dir}: OpenCode reads agents from a folder named `agent` or `agents`",
+            hint="e.g. --install-to ~/.config/opencode/agents, or .opencode/agents in a project",
+        )
+    if not _NAME_OK.match(name):
+        raise OcdspyError(
+            f"agent name {name!r} is not allowed: use lowercase letters, digits and dashes"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    target = (directory / f"{name}.md").resolve()
+    if target.parent != directory.resolve():
+        raise OcdspyError(f"agent name {name!r} would be written outside {directory}")
+    backup = None
+    if target.exists():
+        if not force:
+            raise OcdspyError(
+                f"{target} already exists",
+                hint="use --force to replace it (a timestamped backup is kept)",
+            )
+        backup = _backup(target)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(agent_file, tmp)
+    tmp.replace(target)
+    return target, backup
+
+
+# JSONC: JSON with // and /* */ comments and trailing commas. We edit it as text, so every
+# comment and every other key stays exactly as the user wrote it.
+
+
+def _scan_top_level(text: str) -> tuple[int, int, dict[str, tuple[int, int]]]:
+    """(offset of the opening brace, of the closing brace, top-level key -> value span).
+
+    A value's span runs from just after its colon to the end of its last token, so comments
+    after it stay outside.
+    """
+    i, n = 0, len(text)
+    depth = 0
+    start = end = -1
+    keys: dict[str, tuple[int, int]] = {}
+    key: str | None = None
+    value_start = last_end = -1
+
+    def string_end(j: int) -> int:
+        j += 1
+        while j < n:
+            if text[j] == "\\":
+                j += 2
+            elif text[j] == '"':
+                return j + 1
+            else:
+                j += 1
+        raise ValueError("unterminated string")
+
+    def close_value() -> None:
+        nonlocal key, value_start
+        if key is not None:
+            keys[key] = (value_start, max(last_end, value_start))
+        key, value_start = None, -1
+
+    while i < n:
+        c = text[i]
+        if text.startswith("//", i):
+            nl = text.find("\n", i)
+            i = n if nl == -1 else nl
+            continue
+        if text.startswith("/*", i):
+            close = text.find("*/", i + 2)
+            if close == -1:
+                raise ValueError("unterminated comment")
+            i = close + 2
+            continue
+        if c.isspace():
+            i += 1
+            continue
+        if c == '"':
+            j = string_end(i)
+            if depth == 1 and key is None:
+                k = j
+                while k < n and text[k].isspace():
+                    k += 1
+                if k < n and text[k] == ":":
+                    key = json.loads(text[i:j])
+                    value_start = last_end = k + 1
+                    i = k + 1
+                    continue
+            last_end = i = j
+            continue
+        if c in "{[":
+            if depth == 0:
+                if c != "{":
+                    raise ValueError("the top level is not an object")
+                start = i
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+            if depth == 0:
+                close_value()
+                end = i
+                break
+        elif c == "," and depth == 1:
+            close_value()
+            i += 1
+            continue
+        last_end = i + 1
+        i += 1
+    if start == -1 or end == -1:
+        raise ValueError("not a JSON object")
+    return start, end, keys
+
+
+def set_default_agent(config_dir: Path, name: str) -> tuple[Path, Path | None]:
+    """Set `"default_agent"` in opencode.json(c) in `config_dir`, keeping comments and keys."""
+    candidates = [config_dir / "opencode.jsonc", config_dir / "opencode.json"]
+    path = next((p for p in candidates if p.is_file()), None)
+    value = json.dumps(name)
+    if path is None:
+        path = config_dir / "opencode.json"
+        text = (
+            json.dumps(
+                {"$schema": "https://opencode.ai/config.json", "default_agent": name}, indent=2
+            )
+            + "\n"
+        )
+        write_text_atomic(path, text)
+        return path, None
+    text = path.read_text(encoding="utf-8")
+    try:
+        start, end, keys = _scan_top_level(text)
+    except ValueError as e:
+        raise OcdspyError(
+            f'{path}: cannot edit ({e}); set "default_agent": {value} by hand'
+        ) from None
+    if "default_agent" in keys:
+        a, b = keys["default_agent"]
+        if text[a:b].strip() == value:
+            return path, None
+        lead = text[a:b][: len(text[a:b]) - len(text[a:b].lstrip())] or " "
+        new = text[:a] + lead + value + text[b:]
+    else:
+        body = text[start + 1 : end]
+        has_keys = bool(keys)
+        indent_match = re.search(r"\n([ \t]+)\"", body)
+        indent = indent_match.group(1) if indent_match else "  "
+        entry = f'\n{indent}"default_agent": {value}' + ("," if has_keys else "\n")
+        new = text[: start + 1] + entry + text[start + 1 :]
+    backup = _backup(path)
+    write_text_atomic(path, new)
+    return path, backup
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def export_agent(
+    program_path: Path,
+    out_dir: Path,
+    *,
+    target_provider: str,
+    target_model: str,
+    temperature: float | None = None,
+    name: str | None = None,
+    mode: AgentMode = "primary",
+    examples_path: Path | None = None,
+    report_path: Path | None = None,
+    run_record_path: Path | None = None,
+    sessions: int | None = None,
+    install_to: Path | None = None,
+    set_default: bool = False,
+    force: bool = False,
+) -> ExportResult:
+    warnings: list[str] = []
+    agent_name = sanitize_name(name) if name else default_name(target_model)
+    if name and agent_name != name:
+        warnings.append(f"agent name {name!r} was sanitized to {agent_name!r}")
+    if not agent_name or not _NAME_OK.match(agent_name):
+        raise OcdspyError(f"agent name {name!r} is empty once sanitized")
+    if set_default and mode == "subagent":
+        raise OcdspyError(
+            "--set-default needs a primary agent; this one is a subagent",
+            hint="use --mode primary (or all)",
+        )
+    if set_default and install_to is None:
+        raise OcdspyError("--set-default needs --install-to (the folder OpenCode reads)")
+
+    parts = read_program(program_path)
+    report: dict[str, Any] = {}
+    if report_path is not None and report_path.is_file():
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    baseline = (report.get("baseline") or {}).get("score")
+    optimized = (report.get("optimized") or {}).get("score")
+
+    model = opencode_model(target_provider, target_model)
+    if model is None:
+        warnings.append(
+            f"the target model ({target_provider}/{target_model}) has no OpenCode name; the agent "
+            "file leaves `model` out, so OpenCode uses the model selected there"
+        )
+    what = f"tuned for {target_model}" + (f" from {sessions} sessions" if sessions else "")
+    if baseline is not None and optimized is not None:
+        what += f", score {baseline:.0f} → {optimized:.0f}"
+    front = AgentFrontMatter(
+        description=f"Coding agent {what} (ocdspy)",
+        mode=mode,
+        model=model,
+        temperature=temperature,
+    )
+    body = render_body(parts, learn_guidance(examples_path))
+    text = render_agent_file(front, body)
+    check_agent_text(text)
+
+    agent_path = out_dir / f"{agent_name}.md"
+    write_text_atomic(agent_path, text)
+    result = ExportResult(
+        name=agent_name,
+        agent_path=agent_path,
+        meta_path=out_dir / f"{agent_name}.meta.json",
+        front_matter=front,
+        warnings=warnings,
+    )
+    if install_to is not None:
+        result.installed_path, result.backup_path = install_agent(
+            agent_path, install_to, agent_name, force=force
+        )
+        if set_default:
+            result.config_path, result.config_backup = set_default_agent(
+                install_to.expanduser().parent, agent_name
+            )
+
+    meta = ExportMeta(
+        name=agent_name,
+        agent_file=agent_path.name,
+        agent_sha256=bytes_sha256(text.encode("utf-8")),
+        program=str(program_path),
+        program_sha256=bytes_sha256(program_path.read_bytes()),
+        run_record=str(run_record_path) if run_record_path else None,
+        report=str(report_path) if report_path and report_path.is_file() else None,
+        baseline_score=baseline,
+        optimized_score=optimized,
+        sessions=sessions,
+        target_model=f"{target_provider}/{target_model}",
+        opencode_model=model,
+        demos=min(len(parts.demos), DEMOS_SHOWN),
+        installed_to=str(result.installed_path) if result.installed_path else None,
+        backup=str(result.backup_path) if result.backup_path else None,
+        default_agent_set_in=str(result.config_path) if result.config_path else None,
+    )
+    write_model_atomic(result.meta_path, meta)
+    return result

@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ocdspy.cli import app
+from ocdspy.errors import OcdspyError
+from ocdspy.export import (
+    AgentFrontMatter,
+    check_agent_text,
+    default_name,
+    export_agent,
+    install_agent,
+    opencode_model,
+    parse_agent_file,
+    render_agent_file,
+    sanitize_name,
+    set_default_agent,
+)
+
+INSTRUCTIONS = "You are a coding agent. Read a file before editing it."
+
+
+def saved_program(
+    path: Path, *, instructions: str = INSTRUCTIONS, demos: list | None = None
+) -> Path:
+    """A program file in the shape `dspy.Module.save` writes."""
+    demos = (
+        demos
+        if demos is not None
+        else [
+            {
+                "task": "Fix the failing test",
+                "history": "",
+                "augmented": True,
+                "plan": [
+                    {"tool": "read", "target": "src/x.py"},
+                    {"tool": "edit", "target": "src/x.py"},
+                    {"tool": "bash", "target": "pytest -q"},
+                ],
+                "response": "Fixed the off-by-one in `src/x.py`; tests pass.",
+            },
+            {
+                "task": "Where is config loaded?",
+                "tool": "grep",
+                "target": "load_config",
+                "progress": "1. read README.md -> ok",
+            },
+        ]
+    )
+    path.write_text(
+        json.dumps(
+            {
+                "step": {
+                    "traces": [],
+                    "train": [],
+                    "demos": demos,
+                    "signature": {
+                        "instructions": instructions,
+                        "fields": [{"prefix": "Task:", "description": "${task}"}],
+                    },
+                    "lm": None,
+                },
+                "metadata": {"dependency_versions": {"dspy": "3.4.1"}},
+            }
+        )
+    )
+    return path
+
+
+def train_examples(path: Path) -> Path:
+    rows = []
+    for i in range(3):
+        rows.append(
+            {
+                "id": f"s{i}/0",
+                "session_id": f"s{i}",
+                "success": True,
+                "actions": [
+                    {"tool": "read", "target": "a.py"},
+                    {"tool": "edit", "target": "a.py"},
+                    {"tool": "bash", "target": "pytest -q tests"},
+                ],
+            }
+        )
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("qwen2.5-coder:7b", "qwen2-5-coder-7b"),
+        ("../../etc/passwd", "etc-passwd"),
+        ("My Agent!", "my-agent"),
+        ("---", ""),
+    ],
+)
+def test_sanitize_name(raw: str, expected: str) -> None:
+    assert sanitize_name(raw) == expected
+
+
+def test_default_name_and_model_mapping() -> None:
+    assert default_name("qwen2.5-coder:7b") == "qwen2-5-coder-7b-optimized"
+    assert default_name("ollama_chat/qwen2.5-coder:7b") == "qwen2-5-coder-7b-optimized"
+    assert opencode_model("ollama", "qwen2.5-coder:7b") == "ollama/qwen2.5-coder:7b"
+    assert opencode_model("ollama", "ollama_chat/qwen2.5-coder:7b") == "ollama/qwen2.5-coder:7b"
+    assert opencode_model("anthropic", "claude-sonnet-4-5") == "anthropic/claude-sonnet-4-5"
+    assert opencode_model("local", "smollm2-135m") is None
+    assert opencode_model("openai_compatible", "m") is None
+
+
+def test_export_writes_a_valid_agent_and_sidecar(tmp_path: Path) -> None:
+    prog = saved_program(tmp_path / "p.json")
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"baseline": {"score": 21.4}, "optimized": {"score": 48.9}}))
+    res = export_agent(
+        prog,
+        tmp_path / "prompts",
+        target_provider="ollama",
+        target_model="qwen2.5-coder:7b",
+        temperature=0.0,
+        examples_path=train_examples(tmp_path / "train.jsonl"),
+        report_path=report,
+        sessions=42,
+    )
+    assert res.name == "qwen2-5-coder-7b-optimized"
+    text = res.agent_path.read_text()
+    front, body = parse_agent_file(text)
+    assert front == {
+        "description": "Coding agent tuned for qwen2.5-coder:7b from 42 sessions, "
+        "score 21 → 49 (ocdspy)",
+        "mode": "primary",
+        "model": "ollama/qwen2.5-coder:7b",
+        "temperature": 0.0,
+    }
+    assert body.lstrip().startswith(INSTRUCTIONS)
+    assert "## Worked examples" in body and "1. `read` `src/x.py`" in body
+    assert "**Next call:** `grep` `load_config`" in body
+    assert "Read a file before editing it (3 of 3 edits did)" in body
+    assert "`pytest -q`" in body
+    assert "${" not in body and "[[ ##" not in body and "augmented" not in body
+    meta = json.loads(res.meta_path.read_text())
+    assert meta["optimized_score"] == 48.9 and meta["sessions"] == 42
+    assert "meta" not in front and "sha256" not in text
+
+
+def test_secret_in_program_is_refused(tmp_path: Path) -> None:
+    prog = saved_program(
+        tmp_path / "p.json", instructions="Use OPENAI_API_KEY=sk-proj-Qw3rTy7uI9oP1aS5dF6gH8jK0lZx"
+    )
+    with pytest.raises(OcdspyError, match="secret"):
+        export_agent(prog, tmp_path / "out", target_provider="ollama", target_model="m")
+    assert not (tmp_path / "out").exists()
+
+
+def test_front_matter_is_checked_like_opencode() -> None:
+    ok = render_agent_file(AgentFrontMatter(description="d", mode="subagent"), "body\n")
+    assert check_agent_text(ok).mode == "subagent"
+    for bad in (
+        "---\ndescription: d\ncolor: cyan\n---\nbody\n",
+        "---\ndescription: d\nmeta: {x: 1}\n---\nbody\n",
+        "---\ndescription: d\nmode: boss\n---\nbody\n",
+        "---\ndescription: d\nmodel: no-slash\n---\nbody\n",
+        "no front matter\n",
+        "---\ndescription: d\n---\n[[ ## plan ## ]]\n",
+    ):
+        with pytest.raises(OcdspyError):
+            check_agent_text(bad)
+
+
+def test_install_never_overwrites_without_force(tmp_path: Path) -> None:
+    agent = tmp_path / "a.md"
+    agent.write_text("v1")
+    dest = tmp_path / "cfg" / "agents"
+    installed, backup = install_agent(agent, dest, "mine")
+    assert installed.read_text() == "v1" and backup is None
+    agent.write_text("v2")
+    with pytest.raises(OcdspyError, match="already exists"):
+        install_agent(agent, dest, "mine")
+    assert installed.read_text() == "v1"
+    installed, backup = install_agent(agent, dest, "mine", force=True)
+    assert installed.read_text() == "v2" and backup is not None and backup.read_text() == "v1"
+    assert not backup.name.endswith(".md")  # OpenCode must not load the backup as an agent
+    with pytest.raises(OcdspyError, match="not allowed"):
+        install_agent(agent, dest, "../escape")
+    with pytest.raises(OcdspyError, match="named `agent` or `agents`"):
+        install_agent(agent, tmp_path / "elsewhere", "mine")
+
+
+def test_set_default_keeps_comments_and_keys(tmp_path: Path) -> None:
+    cfg = tmp_path / "opencode.jsonc"
+    original = (
+        '// personal config\n{\n  "$schema": "https://opencode.ai/config.json",\n'
+        '  /* models */ "model": "ollama/qwen2.5-coder:7b",\n'
+        '  "agent": {"build": {"temperature": 0.1}}, // keep\n}\n'
+    )
+    cfg.write_text(original)
+    path, backup = set_default_agent(tmp_path, "mine")
+    text = path.read_text()
+    assert '"default_agent": "mine"' in text
+    assert "// personal config" in text and "/* models */" in text and "// keep" in text
+    assert backup is not None and backup.read_text() == original
+    set_default_agent(tmp_path, "other")
+    assert text.replace('"mine"', '"other"') == path.read_text()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    p, b = set_default_agent(fresh, "mine")
+    assert json.loads(p.read_text())["default_agent"] == "mine" and b is None
+
+
+def test_cli_export_install_set_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "programs").mkdir(parents=True)
+    saved_program(tmp_path / "outputs" / "programs" / "run1.json")
+    agents = tmp_path / "home" / ".config" / "opencode" / "agents"
+    runner = CliRunner()
+    r = runner.invoke(
+        app, ["export", "--name", "Tuned Agent", "--install-to", str(agents), "--set-default"]
+    )
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert (agents / "tuned-agent.md").is_file()
+    assert "opencode --agent tuned-agent" in r.stdout
+    cfg = json.loads((agents.parent / "opencode.json").read_text())
+    assert cfg["default_agent"] == "tuned-agent"
+    r2 = runner.invoke(app, ["export", "--name", "tuned-agent", "--install-to", str(agents)])
+    assert r2.exit_code == 1 and "--force" in r2.stderr
+    r3 = runner.invoke(
+        app,
+        ["export", "--mode", "subagent", "--install-to", str(agents), "--set-default", "--force"],
+    )
+    assert r3.exit_code == 1 and "primary" in r3.stderr
+    front = yaml.safe_load((agents / "tuned-agent.md").read_text().split("---")[1])
+    assert front["mode"] == "primary" and "model" in front
