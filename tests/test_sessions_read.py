@@ -236,3 +236,13 @@ def test_reader_never_raises_on_any_bytes(tmp_path_factory, data: bytes) -> None
     p.write_bytes(data)
     items = list(read_source(Source(p, "json")))
     assert items
+
+
+def test_same_session_from_another_origin_is_only_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "a-plugin.json").write_text(json.dumps(minimal("ses_x")))
+    collected = minimal("ses_x", task="as OpenCode stored it", sourceFormat="opencode-db")
+    (tmp_path / "b-collected.json").write_text(json.dumps(collected))
+    sessions, problems = read_all([tmp_path])
+    assert [s.file.name for s in sessions] == ["a-plugin.json"]
+    assert [(Path(p.file).name, p.severity) for p in problems] == [("b-collected.json",
+                                                                    "warning")]

@@ -16,6 +16,8 @@ and without any download.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -159,6 +161,21 @@ def unload_all() -> None:
     """Forget every loaded model (their memory is freed when nothing else holds them)."""
     with _loaded_lock:
         _loaded.clear()
+
+
+def _close_at_exit() -> None:
+    # llama-cpp-python frees its model in __del__; left to interpreter teardown, that runs after
+    # the module globals it needs are gone and prints "'NoneType' object is not callable".
+    with _loaded_lock:
+        for loaded in _loaded.values():
+            close = getattr(loaded.llama, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+        _loaded.clear()
+
+
+atexit.register(_close_at_exit)
 
 
 # ---------------------------------------------------------------------------------------------

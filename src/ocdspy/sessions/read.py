@@ -383,14 +383,22 @@ def _same_content(a: str | None, b: str | None) -> bool:
     return a == b
 
 
+def _origin(item: SessionRead) -> str:
+    """Where a session's content came from: a plugin's own log, or an OpenCode store (directly
+    or through a file `ocdspy collect` wrote, which records it as `sourceFormat`)."""
+    extra = item.session.model_extra or {}
+    return str(extra.get("sourceFormat") or item.format)
+
+
 def iter_sessions(sources: Iterable[Source]) -> Iterator[ReadItem]:
     """Read sources in order, dropping repeated session ids.
 
-    The same session often arrives twice (a plugin log and an `opencode export` of it, or a file
-    copied into two folders). The first copy wins; a byte-identical repeat is a warning, a
-    different one under the same id an error, since one of them is not what it claims to be.
+    The same session often arrives twice (a plugin log and an `opencode export` of it, a file
+    `collect` wrote next to the database it came from, a file copied into two folders). The first
+    copy wins and the repeat is a warning. Only two copies of the same origin whose contents
+    differ are an error: one of them is not what it claims to be.
     """
-    seen: dict[str, tuple[str, str | None]] = {}
+    seen: dict[str, tuple[str, str | None, str]] = {}
     for src in sources:
         for item in read_source(src):
             if isinstance(item, Problem):
@@ -402,13 +410,14 @@ def iter_sessions(sources: Iterable[Source]) -> Iterator[ReadItem]:
                 continue
             first = seen.get(sid)
             if first is None:
-                seen[sid] = (str(item.file), item.content_key)
+                seen[sid] = (str(item.file), item.content_key, _origin(item))
                 yield item
                 continue
-            first_file, first_key = first
-            same = _same_content(first_key, item.content_key)
-            differs = first_key is not None and item.content_key is not None and not same
-            if differs:
+            first_file, first_key, first_origin = first
+            comparable = first_key is not None and item.content_key is not None
+            if comparable and first_origin == _origin(item) and not _same_content(
+                first_key, item.content_key
+            ):
                 yield Problem(
                     str(item.file),
                     "session",
