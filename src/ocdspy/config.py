@@ -104,7 +104,7 @@ class OptimizationSettings(_Section):
     max_labeled_demos: int = Field(2, ge=0)
     metric_weights: MetricWeights = Field(default_factory=MetricWeights)
     metric: str | None = Field(None, description="Custom metric as package.module:function.")
-    program: Literal["plan", "next_action"] = "plan"
+    program: Literal["plan", "next_action"] = "next_action"
     demos_shown: int = Field(
         3, ge=0, description="Demos shown per call, picked from the optimized pool by "
         "similarity to the input (0: show every demo)."

@@ -59,7 +59,7 @@ optimization:
     efficiency: 0.3                # no more tool calls than needed
     correctness: 0.2               # right files/commands and a matching final answer
   metric: null                     # a custom metric: package.module:function
-  program: plan                    # plan | next_action
+  program: next_action             # next_action (one example per step) | plan (per turn)
   demos_shown: 3                   # demos per call, the most similar to the input (0 = all)
   num_threads: 1
   max_errors: 10                   # failed LM calls tolerated before a run stops

@@ -1,0 +1,377 @@
+"""evaluate: baseline vs optimized program on the held-out validation split, same LM.
+
+Reports the overall metric and each component, per-example results, the difference with a
+bootstrap confidence interval, and the examples that got worse. Writes
+`outputs/reports/NAME.json` and `NAME.md`.
+
+The interval resamples whole sessions (a cluster bootstrap): the steps of one session are not
+independent, and resampling them one by one would give an interval that is too narrow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ocdspy import __version__
+from ocdspy.artifacts import write_model_atomic, write_text_atomic
+from ocdspy.config import Settings
+from ocdspy.errors import DataError, ModelError
+from ocdspy.metric import COMPONENTS, as_calls, score_prediction
+from ocdspy.optimize import (
+    RUN_SUFFIX,
+    LMs,
+    ModelUsage,
+    RunRecord,
+    build_lms,
+    load_record,
+    load_splits,
+    quiet,
+    resolve_metric,
+    usage_since,
+)
+
+WORSE_SHOWN = 10
+
+
+class SideScores(BaseModel):
+    score: float = Field(description="Mean of the configured metric, 0-100.")
+    components: dict[str, float] = Field(description="Mean of each component, 0-100.")
+    errors: int = Field(0, description="Examples whose prediction failed (scored 0).")
+
+
+class ExampleResult(BaseModel):
+    id: str
+    session_id: str
+    expected: str
+    baseline_output: str
+    optimized_output: str
+    baseline: float
+    optimized: float
+    delta: float
+    baseline_components: dict[str, float]
+    optimized_components: dict[str, float]
+
+
+class Difference(BaseModel):
+    mean: float = Field(description="optimized - baseline, points of 100.")
+    ci_low: float
+    ci_high: float
+    confidence: float
+    resamples: int
+    unit: str = Field(description="What the bootstrap resamples: sessions or examples.")
+    significant: bool = Field(description="The interval lies entirely above or below 0.")
+
+
+class Report(BaseModel):
+    producer: str = f"ocdspy {__version__}"
+    stage: str = "evaluate"
+    name: str
+    program_path: str
+    program: str
+    optimizer: str | None
+    metric: str
+    model: str
+    val: dict[str, Any]
+    examples_scored: int
+    baseline: SideScores
+    optimized: SideScores
+    difference: Difference
+    components_difference: dict[str, float]
+    improved: int
+    worse: int
+    unchanged: int
+    worse_examples: list[ExampleResult]
+    results: list[ExampleResult]
+    lm_usage: list[ModelUsage]
+    started: str
+    duration_s: float
+
+
+class EvaluateResult(BaseModel):
+    report: Report
+    json_path: Path
+    markdown_path: Path
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+
+def bootstrap_ci(
+    deltas: Sequence[float],
+    groups: Sequence[str] | None = None,
+    *,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `deltas`.
+
+    With `groups`, whole groups are resampled (cluster bootstrap) and each resample's mean is
+    taken over the examples of the groups drawn.
+    """
+    if not deltas:
+        return 0.0, 0.0
+    rng = random.Random(seed)
+    clusters: list[list[float]]
+    if groups is not None and len(set(groups)) > 1:
+        by: dict[str, list[float]] = {}
+        for d, g in zip(deltas, groups, strict=False):
+            by.setdefault(g, []).append(d)
+        clusters = list(by.values())
+    else:
+        clusters = [[d] for d in deltas]
+    sums = [(sum(c), len(c)) for c in clusters]
+    k = len(sums)
+    means = []
+    for _ in range(resamples):
+        total = n = 0.0
+        for _ in range(k):
+            s, c = sums[rng.randrange(k)]
+            total += s
+            n += c
+        means.append(total / n)
+    means.sort()
+    alpha = (1 - confidence) / 2
+    lo = means[int(alpha * (resamples - 1))]
+    hi = means[round((1 - alpha) * (resamples - 1))]
+    return lo, hi
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering outputs
+
+
+def _show(obj: Any, plan: bool) -> str:
+    if obj is None:
+        return "(no prediction)"
+    get = obj.get if hasattr(obj, "get") else lambda k, d=None: getattr(obj, k, d)
+    if plan:
+        calls = "; ".join(f"{c.tool} {c.target}".strip() for c in as_calls(get("plan", [])))
+        resp = str(get("response", "") or "")
+        return f"{calls or '(no calls)'} | {resp[:160]}"
+    return f"{get('tool', '') or '?'} {str(get('target', '') or '')[:160]}".strip()
+
+
+def resolve_program(settings: Settings, program: str | Path | None) -> Path:
+    """A name in programs_dir, a path, or (None) the newest program there."""
+    pdir = settings.outputs.programs_dir
+    if program is None:
+        found = sorted((p for p in pdir.glob("*.json") if not p.name.endswith(RUN_SUFFIX)),
+                       key=lambda p: p.stat().st_mtime) if pdir.is_dir() else []
+        if not found:
+            raise DataError(f"no optimized program in {pdir}",
+                            hint="run `ocdspy optimize` first, or name a program file")
+        return found[-1]
+    p = Path(program)
+    for cand in (p, pdir / p, pdir / f"{p}.json"):
+        if cand.is_file():
+            return cand
+    raise DataError(f"program {program!r} not found (looked in {pdir})",
+                    hint="give a path, or a name from `ls " + str(pdir) + "`")
+
+
+def _record_for(path: Path) -> RunRecord | None:
+    rec = path.with_name(path.name[: -len(".json")] + RUN_SUFFIX)
+    if rec.is_file():
+        try:
+            return load_record(rec)
+        except ValueError:
+            return None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def _run(program: Any, devset: list[Any], metric: Callable[..., Any], settings: Settings,
+         tick: Callable[[], None] | None) -> list[tuple[Any, Any, float]]:
+    import dspy
+
+    def counted(example: Any, pred: Any, trace: Any = None) -> float:
+        value = metric(example, pred, trace)
+        if tick is not None:
+            tick()
+        return float(getattr(value, "score", value) or 0.0)
+
+    ev = dspy.Evaluate(devset=devset, metric=counted,
+                       num_threads=settings.optimization.num_threads,
+                       display_progress=False, display_table=False,
+                       max_errors=max(settings.optimization.max_errors, 1), failure_score=0.0,
+                       provide_traceback=False)
+    try:
+        res = ev(program)
+    except Exception as e:
+        raise ModelError(f"evaluation stopped: {type(e).__name__}: {e}",
+                         hint="check the model settings; raise optimization.max_errors to "
+                              "tolerate more failed calls") from e
+    return [(ex, pred, float(score)) for ex, pred, score in res.results]
+
+
+def evaluate(
+    settings: Settings,
+    program: str | Path | None = None,
+    *,
+    lms: LMs | None = None,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> EvaluateResult:
+    """Score the baseline and the optimized program on the validation split."""
+    import dspy
+
+    from ocdspy.program.agent import build_program, to_dspy_examples
+    from ocdspy.program.render import available_tools
+
+    path = resolve_program(settings, program)
+    record = _record_for(path)
+    splits = load_splits(settings.data.splits_dir)
+    mode = record.program if record else settings.optimization.program
+    tools = record.tools if record else available_tools(splits.train)
+    demos_shown = record.demos_shown if record else settings.optimization.demos_shown
+    optimized = build_program(mode, tools, demos_shown=demos_shown)
+    try:
+        optimized.load(str(path))
+    except Exception as e:
+        raise DataError(f"{path}: not a saved {mode} program ({type(e).__name__}: {e})",
+                        hint="evaluate a file written by `ocdspy optimize`") from None
+    baseline = build_program(mode, tools, demos_shown=demos_shown)
+    devset = to_dspy_examples(splits.val, mode, tools)
+    if not devset:
+        raise DataError("the validation split gives no examples to score",
+                        hint="lower data.train_split and re-run `ocdspy split`")
+    metric, _, metric_desc = resolve_metric(settings)
+    if lms is None:
+        lms = build_lms(settings, needs_teacher=False)
+    start = len(getattr(lms.target, "history", []) or [])
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.monotonic()
+    runs: dict[str, list[tuple[Any, Any, float]]] = {}
+    with quiet(), dspy.context(lm=lms.target, adapter=dspy.JSONAdapter(),
+                               max_history_size=1_000_000):
+        for side, prog in (("baseline", baseline), ("optimized", optimized)):
+            done = [0]
+
+            def tick(side: str = side, done: list[int] = done) -> None:
+                done[0] += 1
+                if on_progress is not None:
+                    on_progress(side, done[0], len(devset))
+
+            runs[side] = _run(prog, devset, metric, settings, tick)
+    duration = time.monotonic() - t0
+
+    plan = mode == "plan"
+    results: list[ExampleResult] = []
+    side_comp: dict[str, dict[str, list[float]]] = {s: {c: [] for c in COMPONENTS}
+                                                      for s in runs}
+    errors = {s: 0 for s in runs}
+    for (ex, bpred, bscore), (_, opred, oscore) in zip(runs["baseline"], runs["optimized"],
+                                                       strict=True):
+        comps = {}
+        for side, pred in (("baseline", bpred), ("optimized", opred)):
+            if pred is None or not dict(pred.items() if hasattr(pred, "items") else {}):
+                errors[side] += 1
+            sc = score_prediction(ex, pred).model_dump()
+            comps[side] = {k: round(100 * v, 2) for k, v in sc.items()}
+            for c in COMPONENTS:
+                side_comp[side][c].append(100 * sc[c])
+        gold = _show(ex, plan) if plan else f"{ex.tool} {str(ex.target)[:160]}"
+        results.append(ExampleResult(
+            id=str(ex.get("example_id", "")), session_id=str(ex.get("session_id", "")),
+            expected=gold, baseline_output=_show(bpred, plan), optimized_output=_show(opred, plan),
+            baseline=round(100 * bscore, 2), optimized=round(100 * oscore, 2),
+            delta=round(100 * (oscore - bscore), 2),
+            baseline_components=comps["baseline"], optimized_components=comps["optimized"]))
+
+    def side_scores(side: str) -> SideScores:
+        scores = [r for _, _, r in runs[side]]
+        return SideScores(
+            score=round(100 * sum(scores) / len(scores), 2),
+            components={c: round(sum(v) / len(v), 2) for c, v in side_comp[side].items()},
+            errors=errors[side])
+
+    b, o = side_scores("baseline"), side_scores("optimized")
+    deltas = [r.delta for r in results]
+    groups = [r.session_id for r in results]
+    lo, hi = bootstrap_ci(deltas, groups, resamples=resamples, confidence=confidence)
+    mean = sum(deltas) / len(deltas)
+    worse = sorted((r for r in results if r.delta < 0), key=lambda r: r.delta)
+    name = path.name[: -len(".json")]
+    report = Report(
+        name=name, program_path=str(path), program=mode,
+        optimizer=record.optimizer if record else None, metric=metric_desc,
+        model=f"{settings.models.target.provider}/{settings.models.target.model}",
+        val={"path": splits.refs["val"].path, "sha256": splits.refs["val"].sha256,
+             "turns": len(splits.val), "examples": len(devset)},
+        examples_scored=len(results), baseline=b, optimized=o,
+        difference=Difference(mean=round(mean, 2), ci_low=round(lo, 2), ci_high=round(hi, 2),
+                              confidence=confidence, resamples=resamples,
+                              unit="sessions" if len(set(groups)) > 1 else "examples",
+                              significant=lo > 0 or hi < 0),
+        components_difference={c: round(o.components[c] - b.components[c], 2)
+                               for c in COMPONENTS},
+        improved=sum(d > 0 for d in deltas), worse=len(worse),
+        unchanged=sum(d == 0 for d in deltas), worse_examples=worse[:WORSE_SHOWN],
+        results=results, lm_usage=[usage_since(lms.target, start, "target")],
+        started=started.isoformat(), duration_s=round(duration, 3))
+    rdir = settings.outputs.reports_dir
+    json_path, md_path = rdir / f"{name}.json", rdir / f"{name}.md"
+    write_model_atomic(json_path, report)
+    write_text_atomic(md_path, render_markdown(report))
+    return EvaluateResult(report=report, json_path=json_path, markdown_path=md_path)
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")[:120]
+
+
+def render_markdown(r: Report) -> str:
+    d = r.difference
+    lines = [
+        f"# Evaluation of `{r.name}`",
+        "",
+        f"- program: `{r.program_path}` ({r.program} mode, optimizer {r.optimizer or '?'})",
+        f"- model: `{r.model}`",
+        f"- validation split: `{r.val['path']}` ({r.val['turns']} turns, "
+        f"{r.examples_scored} examples scored)",
+        f"- metric: {r.metric}",
+        "",
+        "| | baseline | optimized | difference |",
+        "|---|---:|---:|---:|",
+        f"| **score** | {r.baseline.score:.1f} | {r.optimized.score:.1f} | "
+        f"{d.mean:+.1f} [{d.ci_low:+.1f}, {d.ci_high:+.1f}] |",
+    ]
+    for c in COMPONENTS:
+        lines.append(f"| {c} | {r.baseline.components[c]:.1f} | "
+                     f"{r.optimized.components[c]:.1f} | {r.components_difference[c]:+.1f} |")
+    lines += [
+        "",
+        f"Difference: {d.mean:+.1f} points, {int(d.confidence * 100)}% bootstrap interval "
+        f"[{d.ci_low:+.1f}, {d.ci_high:+.1f}] ({d.resamples} resamples of {d.unit}); "
+        + ("the interval excludes 0." if d.significant else "the interval includes 0."),
+        "",
+        f"Examples improved: {r.improved}, worse: {r.worse}, unchanged: {r.unchanged}.",
+        "",
+    ]
+    if r.worse_examples:
+        lines += ["## Examples that got worse", "",
+                  "| example | expected | baseline | optimized | Δ |", "|---|---|---|---|---:|"]
+        for x in r.worse_examples:
+            lines.append(f"| `{x.id}` | {_cell(x.expected)} | {_cell(x.baseline_output)} | "
+                         f"{_cell(x.optimized_output)} | {x.delta:+.1f} |")
+        lines.append("")
+    lines += ["## All examples", "", "| example | expected | optimized | baseline | optimized "
+              "score |", "|---|---|---|---:|---:|"]
+    for x in r.results:
+        lines.append(f"| `{x.id}` | {_cell(x.expected)} | {_cell(x.optimized_output)} | "
+                     f"{x.baseline:.1f} | {x.optimized:.1f} |")
+    lines.append("")
+    return "\n".join(lines)
