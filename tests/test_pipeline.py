@@ -1,0 +1,70 @@
+"""The whole pipeline over examples/, with a scripted engine standing in for the model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from lm_fakes import SchemaEngine, schema_lm
+
+from conftest import EXAMPLES
+from ocdspy.config import load_settings
+from ocdspy.optimize import LMs
+from ocdspy.pipeline import run_pipeline
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from ocdspy.lm import configure_cache
+
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "dspy_cache"))
+    configure_cache(tmp_path / "dspy_cache")
+    shutil.copytree(EXAMPLES, tmp_path / "examples",
+                    ignore=shutil.ignore_patterns("processed", "splits", "outputs", ".dspy_cache"))
+    return tmp_path / "examples"
+
+
+def lms(engine: SchemaEngine) -> LMs:
+    lm = schema_lm(engine)
+    return LMs(target=lm, teacher=lm)
+
+
+def test_pipeline_runs_every_stage_then_skips_what_is_current(project: Path) -> None:
+    settings = load_settings(project / "config.yaml", environ={}).settings
+    agents = project / "home" / ".config" / "opencode" / "agents"
+    engine = SchemaEngine()
+    first = run_pipeline(settings, lms=lms(engine), install_to=agents)
+    assert [(s.stage, s.status) for s in first.stages] == [
+        ("validate", "ran"), ("convert", "ran"), ("split", "ran"), ("optimize", "ran"),
+        ("evaluate", "ran"), ("export", "ran")]
+    assert first.examples == 13 and first.train_examples + first.val_examples == 13
+    assert first.baseline_score is not None and first.optimized_score is not None
+    assert first.agent_path is not None and first.agent_path.is_file()
+    assert first.installed_path == agents / f"{first.agent_name}.md"
+    report = json.loads(first.report_path.read_text())  # type: ignore[union-attr]
+    assert report["optimized"]["score"] == first.optimized_score
+    calls = engine.calls
+
+    again = run_pipeline(settings, lms=lms(SchemaEngine()), install_to=agents, overwrite=True)
+    assert [(s.stage, s.status) for s in again.stages] == [
+        ("validate", "ran"), ("convert", "skipped"), ("split", "skipped"),
+        ("optimize", "skipped"), ("evaluate", "skipped"), ("export", "ran")]
+    assert again.lm_calls == 0 and calls > 0
+    assert list(agents.glob("*.bak"))  # the installed agent was replaced with a backup
+
+    # A changed setting redoes what depends on it, and only that.
+    settings.data.seed = 5
+    third = run_pipeline(settings, lms=lms(SchemaEngine()))
+    assert [s.status for s in third.stages][1:5] == ["skipped", "ran", "ran", "ran"]
+
+
+def test_pipeline_stops_on_unmet_data_requirements(project: Path) -> None:
+    settings = load_settings(project / "config.yaml", environ={}).settings
+    settings.data.min_examples = 500
+    from ocdspy.errors import DataError
+
+    with pytest.raises(DataError, match="Not enough examples"):
+        run_pipeline(settings, lms=lms(SchemaEngine()))
+    assert not (project / "outputs").exists()
