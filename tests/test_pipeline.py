@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from lm_fakes import SchemaEngine, schema_lm
 
 from conftest import EXAMPLES
+from lm_fakes import SchemaEngine, schema_lm
 from ocdspy.config import load_settings
 from ocdspy.optimize import LMs
 from ocdspy.pipeline import run_pipeline
@@ -21,8 +21,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "dspy_cache"))
     configure_cache(tmp_path / "dspy_cache")
-    shutil.copytree(EXAMPLES, tmp_path / "examples",
-                    ignore=shutil.ignore_patterns("processed", "splits", "outputs", ".dspy_cache"))
+    shutil.copytree(
+        EXAMPLES,
+        tmp_path / "examples",
+        ignore=shutil.ignore_patterns("processed", "splits", "outputs", ".dspy_cache"),
+    )
     return tmp_path / "examples"
 
 
@@ -37,8 +40,13 @@ def test_pipeline_runs_every_stage_then_skips_what_is_current(project: Path) -> 
     engine = SchemaEngine()
     first = run_pipeline(settings, lms=lms(engine), install_to=agents)
     assert [(s.stage, s.status) for s in first.stages] == [
-        ("validate", "ran"), ("convert", "ran"), ("split", "ran"), ("optimize", "ran"),
-        ("evaluate", "ran"), ("export", "ran")]
+        ("validate", "ran"),
+        ("convert", "ran"),
+        ("split", "ran"),
+        ("optimize", "ran"),
+        ("evaluate", "ran"),
+        ("export", "ran"),
+    ]
     assert first.examples == 13 and first.train_examples + first.val_examples == 13
     assert first.baseline_score is not None and first.optimized_score is not None
     assert first.agent_path is not None and first.agent_path.is_file()
@@ -49,8 +57,13 @@ def test_pipeline_runs_every_stage_then_skips_what_is_current(project: Path) -> 
 
     again = run_pipeline(settings, lms=lms(SchemaEngine()), install_to=agents, overwrite=True)
     assert [(s.stage, s.status) for s in again.stages] == [
-        ("validate", "ran"), ("convert", "skipped"), ("split", "skipped"),
-        ("optimize", "skipped"), ("evaluate", "skipped"), ("export", "ran")]
+        ("validate", "ran"),
+        ("convert", "skipped"),
+        ("split", "skipped"),
+        ("optimize", "skipped"),
+        ("evaluate", "skipped"),
+        ("export", "ran"),
+    ]
     assert again.lm_calls == 0 and calls > 0
     assert list(agents.glob("*.bak"))  # the installed agent was replaced with a backup
 
