@@ -236,3 +236,20 @@ def test_cli_export_install_set_default(tmp_path: Path, monkeypatch: pytest.Monk
     assert r3.exit_code == 1 and "primary" in r3.stderr
     front = yaml.safe_load((agents / "tuned-agent.md").read_text().split("---")[1])
     assert front["mode"] == "primary" and "model" in front
+
+
+def test_step_program_wording_is_translated_for_opencode(tmp_path: Path) -> None:
+    text = (
+        "Choose the next tool call. When the task is done, choose `finish` and put the final "
+        "message to the user in `target`."
+    )
+    prog = saved_program(
+        tmp_path / "p.json",
+        instructions=text,
+        demos=[{"task": "t", "tool": "finish", "target": "All done."}],
+    )
+    res = export_agent(prog, tmp_path / "out", target_provider="ollama", target_model="m")
+    body = res.agent_path.read_text().split("---", 2)[2]
+    assert "`finish`" not in body and "`target`" not in body
+    assert "stop calling tools and reply to the user" in body
+    assert "**Answer:** All done." in body

@@ -320,8 +320,34 @@ def render_guidance(g: Guidance) -> str:
     return "\n".join(lines)
 
 
+# The step-wise program ends a task by predicting the pseudo-tool `finish` with the answer in
+# its `target` field; inside OpenCode the agent simply replies. Instructions are translated.
+_PROGRAM_PHRASES = [
+    (
+        re.compile(
+            r"When the task is done, choose `finish` and put the final message to the user "
+            r"in `target`\.?"
+        ),
+        "When the task is done, stop calling tools and reply to the user with a short final "
+        "message.",
+    ),
+    (
+        re.compile(r"(?:choose|call|use|pick) `?finish`?(?: as the (?:next )?tool)?", re.I),
+        "stop calling tools and reply",
+    ),
+    (re.compile(r"\bin `target`"), "in your reply"),
+]
+
+
+def for_opencode(instructions: str) -> str:
+    """Program-only wording (`finish`, output field names) rewritten for an agent prompt."""
+    for pattern, replacement in _PROGRAM_PHRASES:
+        instructions = pattern.sub(replacement, instructions)
+    return instructions
+
+
 def render_body(parts: ProgramParts, guidance: Guidance, *, demos_shown: int = DEMOS_SHOWN) -> str:
-    sections = ["\n\n".join(parts.instructions)]
+    sections = ["\n\n".join(for_opencode(text) for text in parts.instructions)]
     demos = parts.demos[:demos_shown]
     if demos:
         sections.append(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import inspect
 import json
@@ -175,11 +176,15 @@ def load_splits(splits_dir: Path) -> Splits:
             raise DataError(f"{p}: split not found", hint="run `ocdspy split` first")
     train, val = load_examples(train_path), load_examples(val_path)
     if not train:
-        raise DataError(f"{train_path}: no training examples",
-                        hint="raise data.train_split or add sessions, then re-run `ocdspy split`")
+        raise DataError(
+            f"{train_path}: no training examples",
+            hint="raise data.train_split or add sessions, then re-run `ocdspy split`",
+        )
     if not val:
-        raise DataError(f"{val_path}: no validation examples",
-                        hint="lower data.train_split or add sessions, then re-run `ocdspy split`")
+        raise DataError(
+            f"{val_path}: no validation examples",
+            hint="lower data.train_split or add sessions, then re-run `ocdspy split`",
+        )
     refs = {
         "train": DataRef(path=str(train_path), sha256=file_sha256(train_path), examples=len(train)),
         "val": DataRef(path=str(val_path), sha256=file_sha256(val_path), examples=len(val)),
@@ -187,8 +192,9 @@ def load_splits(splits_dir: Path) -> Splits:
     return Splits(train=train, val=val, refs=refs)
 
 
-def selection_split(train: list[Example], fraction: float = 0.5) -> tuple[list[Example],
-                                                                          list[Example]]:
+def selection_split(
+    train: list[Example], fraction: float = 0.5
+) -> tuple[list[Example], list[Example]]:
     """Split the training sessions into (fit, selection), whole sessions on each side.
 
     Deterministic (by a hash of the session id) so a re-run picks the same sets and hits the
@@ -226,33 +232,41 @@ def preflight(settings: Settings, *, n_fit: int, n_sel: int) -> list[str]:
     name = o.optimizer
     warnings: list[str] = []
     if n_fit < 1:
-        raise DataError("no training examples for the optimizer",
-                        hint="raise data.train_split, then re-run `ocdspy split`")
+        raise DataError(
+            "no training examples for the optimizer",
+            hint="raise data.train_split, then re-run `ocdspy split`",
+        )
     if name == "MIPROv2":
         if o.auto_mode is None and n_sel < MIPRO_MINIBATCH and o.num_trials > 0:
             # We turn minibatching off below 35; say so rather than let MIPROv2 raise.
             warnings.append(
                 f"MIPROv2: the selection set has {n_sel} examples (< {MIPRO_MINIBATCH}), so every "
-                "trial scores all of them (no minibatches)")
+                "trial scores all of them (no minibatches)"
+            )
         if n_fit + n_sel < 4:
             raise DataError(
                 f"MIPROv2 needs at least 4 training examples to bootstrap demos and select among "
                 f"candidates; the training split has {n_fit + n_sel if n_sel != n_fit else n_fit}",
-                hint="use --optimizer BootstrapFewShot, or raise data.train_split")
+                hint="use --optimizer BootstrapFewShot, or raise data.train_split",
+            )
         try:
             import optuna  # noqa: F401
         except ImportError:
-            raise ConfigError("MIPROv2 needs optuna, which is not installed",
-                              hint="pip install 'ocdspy[optimize]' (dspy[optuna])") from None
+            raise ConfigError(
+                "MIPROv2 needs optuna, which is not installed",
+                hint="pip install 'ocdspy[optimize]' (dspy[optuna])",
+            ) from None
     elif name == "SIMBA":
         if n_fit < SIMBA_MIN_TRAIN:
             raise DataError(
                 f"SIMBA samples mini-batches of the training set and needs at least "
                 f"{SIMBA_MIN_TRAIN} training examples; it has {n_fit}",
-                hint="raise data.train_split, add sessions, or use --optimizer BootstrapFewShot")
+                hint="raise data.train_split, add sessions, or use --optimizer BootstrapFewShot",
+            )
         if n_fit < SIMBA_BSIZE:
-            warnings.append(f"SIMBA: batch size lowered from {SIMBA_BSIZE} to the {n_fit} "
-                            "training examples")
+            warnings.append(
+                f"SIMBA: batch size lowered from {SIMBA_BSIZE} to the {n_fit} training examples"
+            )
     elif name == "GEPA":
         _, budget = _gepa_budget(settings, n_fit, n_sel)
         # GEPA first scores the selection set once; each proposal then costs about two
@@ -263,19 +277,29 @@ def preflight(settings: Settings, *, n_fit: int, n_sel: int) -> list[str]:
             raise ConfigError(
                 f"GEPA's budget of {budget} metric calls leaves room for {max(0, proposals)} "
                 f"instruction proposals after scoring the {n_sel}-example selection set once",
-                hint=f"use --auto light, or --trials {need} or more (full evaluations)")
+                hint=f"use --auto light, or --trials {need} or more (full evaluations)",
+            )
     elif name == "COPRO":
         if n_fit < 2:
-            raise DataError("COPRO scores instructions on the training set and needs at least 2 "
-                            "training examples", hint="raise data.train_split")
-    elif (name in ("BootstrapFewShot", "BootstrapFewShotWithRandomSearch")
-          and o.max_bootstrapped_demos == 0 and o.max_labeled_demos == 0):
+            raise DataError(
+                "COPRO scores instructions on the training set and needs at least 2 "
+                "training examples",
+                hint="raise data.train_split",
+            )
+    elif (
+        name in ("BootstrapFewShot", "BootstrapFewShotWithRandomSearch")
+        and o.max_bootstrapped_demos == 0
+        and o.max_labeled_demos == 0
+    ):
         raise ConfigError(
             f"{name} with max_bootstrapped_demos=0 and max_labeled_demos=0 changes nothing",
-            hint="set optimization.max_bootstrapped_demos or max_labeled_demos above 0")
+            hint="set optimization.max_bootstrapped_demos or max_labeled_demos above 0",
+        )
     if o.num_threads > 1 and settings.models.target.provider == "local":
-        warnings.append("num_threads > 1 with the local model: calls share one in-process model "
-                        "and run one at a time")
+        warnings.append(
+            "num_threads > 1 with the local model: calls share one in-process model "
+            "and run one at a time"
+        )
     return warnings
 
 
@@ -301,8 +325,13 @@ def _mipro_numbers(settings: Settings, n_fit: int, n_sel: int) -> dict[str, int]
         n, val, trials = 6, n_sel, o.num_trials
         minibatch = val > MIPRO_MINIBATCH
         instr = n
-    return {"candidates": n, "instructions": instr, "val": val, "trials": trials,
-            "minibatch": int(minibatch)}
+    return {
+        "candidates": n,
+        "instructions": instr,
+        "val": val,
+        "trials": trials,
+        "minibatch": int(minibatch),
+    }
 
 
 def _estimate_metric_calls(settings: Settings, n_fit: int, n_sel: int) -> dict[str, int]:
@@ -359,13 +388,15 @@ def _prompt_tokens(sample: Any | None, demos: int) -> int:
     if sample is None:
         return 400
     chars = sum(len(str(v)) for v in sample.inputs().values())
-    labels = sum(len(json.dumps(v, default=str)) for k, v in sample.items()
-                 if k not in sample.inputs())
+    labels = sum(
+        len(json.dumps(v, default=str)) for k, v in sample.items() if k not in sample.inputs()
+    )
     return int((600 + chars * (1 + demos) + labels * demos) / 4)
 
 
-def plan_run(settings: Settings, *, n_fit: int, n_sel: int, sample: Any | None = None,
-             demos_shown: int = 3) -> OptimizationPlan:
+def plan_run(
+    settings: Settings, *, n_fit: int, n_sel: int, sample: Any | None = None, demos_shown: int = 3
+) -> OptimizationPlan:
     o = settings.optimization
     est = _estimate_metric_calls(settings, n_fit, n_sel)
     demos = min(demos_shown or 99, o.max_bootstrapped_demos + o.max_labeled_demos)
@@ -382,15 +413,32 @@ def plan_run(settings: Settings, *, n_fit: int, n_sel: int, sample: Any | None =
         price = _price(model)
         cost = None if price is None else n * (tin * price[0] + tout * price[1])
         total = None if cost is None or total is None else total + cost
-        calls.append(PlannedCalls(role=role, model=f"{model.provider}/{model.model}", calls=n,
-                                  input_tokens=n * tin, output_tokens=n * tout, cost=cost))
+        calls.append(
+            PlannedCalls(
+                role=role,
+                model=f"{model.provider}/{model.model}",
+                calls=n,
+                input_tokens=n * tin,
+                output_tokens=n * tout,
+                cost=cost,
+            )
+        )
     notes = ["upper bounds: cached calls cost nothing, and optimizers stop early when they can"]
     if o.optimizer in NEEDS_SELECTION_SET:
-        notes.append(f"selection set: {n_sel} examples carved from the training split "
-                     "(the validation split stays held out for `ocdspy evaluate`)")
-    return OptimizationPlan(optimizer=o.optimizer, program=o.program, train_examples=n_fit,
-                            selection_examples=n_sel, metric_calls=est["metric"], calls=calls,
-                            total_cost=total, notes=notes)
+        notes.append(
+            f"selection set: {n_sel} examples carved from the training split "
+            "(the validation split stays held out for `ocdspy evaluate`)"
+        )
+    return OptimizationPlan(
+        optimizer=o.optimizer,
+        program=o.program,
+        train_examples=n_fit,
+        selection_examples=n_sel,
+        metric_calls=est["metric"],
+        calls=calls,
+        total_cost=total,
+        notes=notes,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,8 +448,9 @@ def plan_run(settings: Settings, *, n_fit: int, n_sel: int, sample: Any | None =
 class TrialTracker:
     """Scores per candidate program, from the metric calls the optimizer makes."""
 
-    def __init__(self, on_progress: Callable[[ProgressEvent], None] | None = None,
-                 planned: int = 0) -> None:
+    def __init__(
+        self, on_progress: Callable[[ProgressEvent], None] | None = None, planned: int = 0
+    ) -> None:
         self._lock = threading.Lock()
         self._instances: dict[int, tuple[Any, str]] = {}
         self._scores: dict[str, list[float]] = {}
@@ -415,8 +464,11 @@ class TrialTracker:
         from ocdspy.program.agent import current_program
 
         def tracked(example: Any, prediction: Any, trace: Any = None, *rest: Any) -> Any:
-            value = metric(example, prediction, trace, *rest) if rest else \
-                metric(example, prediction, trace)
+            value = (
+                metric(example, prediction, trace, *rest)
+                if rest
+                else metric(example, prediction, trace)
+            )
             if trace is None:
                 score = getattr(value, "score", value)
                 self.record(current_program(), float(score or 0.0))
@@ -443,9 +495,12 @@ class TrialTracker:
                 key = known[1]
             self._scores[key].append(score)
             self.metric_calls += 1
-            event = ProgressEvent(metric_calls=self.metric_calls,
-                                  planned_metric_calls=self.planned,
-                                  candidates=len(self._scores), best_score=self._best_score())
+            event = ProgressEvent(
+                metric_calls=self.metric_calls,
+                planned_metric_calls=self.planned,
+                candidates=len(self._scores),
+                best_score=self._best_score(),
+            )
         if self.on_progress is not None:
             self.on_progress(event)
 
@@ -464,9 +519,16 @@ class TrialTracker:
 
     def trials(self) -> list[TrialScore]:
         best = self._best_key()
-        return [TrialScore(index=i, score=round(100 * sum(v) / len(v), 2), scored=len(v),
-                           best_so_far=(k == best))
-                for i, (k, v) in enumerate(self._scores.items(), 1) if v]
+        return [
+            TrialScore(
+                index=i,
+                score=round(100 * sum(v) / len(v), 2),
+                scored=len(v),
+                best_so_far=(k == best),
+            )
+            for i, (k, v) in enumerate(self._scores.items(), 1)
+            if v
+        ]
 
     def best_state(self) -> Any | None:
         k = self._best_key()
@@ -490,8 +552,9 @@ def build_lms(settings: Settings, *, needs_teacher: bool = True) -> LMs:
     try:
         from ocdspy.lm import build_lm, check_lm_settings, configure_cache
     except ImportError as e:  # pragma: no cover - only before the LM layer is installed
-        raise ModelError(f"the language-model layer is not available: {e}",
-                         hint="pip install 'ocdspy[optimize]'") from e
+        raise ModelError(
+            f"the language-model layer is not available: {e}", hint="pip install 'ocdspy[optimize]'"
+        ) from e
     target_s, teacher_s = settings.models.target, settings.models.teacher
     check_lm_settings(target_s, "target")
     if needs_teacher:
@@ -541,9 +604,16 @@ def _accepted(fn: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
-def build_optimizer(settings: Settings, metric: Callable[..., Any], lms: LMs, *,
-                    n_fit: int, n_sel: int, log_dir: Path | None = None,
-                    gepa_metric: Callable[..., Any] | None = None) -> tuple[Any, dict[str, Any]]:
+def build_optimizer(
+    settings: Settings,
+    metric: Callable[..., Any],
+    lms: LMs,
+    *,
+    n_fit: int,
+    n_sel: int,
+    log_dir: Path | None = None,
+    gepa_metric: Callable[..., Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
     """(optimizer, compile kwargs other than student/trainset/valset) for the configured name."""
     import dspy
 
@@ -552,49 +622,75 @@ def build_optimizer(settings: Settings, metric: Callable[..., Any], lms: LMs, *,
     common = {"num_threads": o.num_threads, "max_errors": o.max_errors}
     teacher_settings = {"lm": lms.teacher} if lms.teacher is not lms.target else {}
     if name == "BootstrapFewShot":
-        opt = dspy.BootstrapFewShot(metric=metric, teacher_settings=teacher_settings,
-                                    max_bootstrapped_demos=o.max_bootstrapped_demos,
-                                    max_labeled_demos=o.max_labeled_demos,
-                                    max_errors=o.max_errors)
+        opt = dspy.BootstrapFewShot(
+            metric=metric,
+            teacher_settings=teacher_settings,
+            max_bootstrapped_demos=o.max_bootstrapped_demos,
+            max_labeled_demos=o.max_labeled_demos,
+            max_errors=o.max_errors,
+        )
         return opt, {}
     if name == "BootstrapFewShotWithRandomSearch":
         opt = dspy.BootstrapFewShotWithRandomSearch(
-            metric=metric, teacher_settings=teacher_settings,
+            metric=metric,
+            teacher_settings=teacher_settings,
             max_bootstrapped_demos=o.max_bootstrapped_demos,
             max_labeled_demos=o.max_labeled_demos,
-            num_candidate_programs=min(o.num_trials, RANDOM_SEARCH_MAX_CANDIDATES), **common)
+            num_candidate_programs=min(o.num_trials, RANDOM_SEARCH_MAX_CANDIDATES),
+            **common,
+        )
         return opt, {}
     if name == "MIPROv2":
         kwargs: dict[str, Any] = dict(
-            metric=metric, prompt_model=lms.teacher, task_model=lms.target,
+            metric=metric,
+            prompt_model=lms.teacher,
+            task_model=lms.target,
             max_bootstrapped_demos=o.max_bootstrapped_demos,
-            max_labeled_demos=o.max_labeled_demos, auto=o.auto_mode, seed=o.seed,
-            verbose=False, **common)
+            max_labeled_demos=o.max_labeled_demos,
+            auto=o.auto_mode,
+            seed=o.seed,
+            verbose=False,
+            **common,
+        )
         compile_kwargs: dict[str, Any] = {}
         if o.auto_mode is None:
             kwargs["num_candidates"] = 6
-            compile_kwargs = {"num_trials": o.num_trials,
-                              "minibatch": n_sel > MIPRO_MINIBATCH,
-                              "minibatch_size": min(MIPRO_MINIBATCH, n_sel)}
+            compile_kwargs = {
+                "num_trials": o.num_trials,
+                "minibatch": n_sel > MIPRO_MINIBATCH,
+                "minibatch_size": min(MIPRO_MINIBATCH, n_sel),
+            }
         if log_dir is not None:
             kwargs["log_dir"] = str(log_dir)
         return dspy.MIPROv2(**_accepted(dspy.MIPROv2.__init__, kwargs)), compile_kwargs
     if name == "COPRO":
-        opt = dspy.COPRO(prompt_model=lms.teacher, metric=metric, breadth=COPRO_BREADTH,
-                         depth=COPRO_DEPTH)
+        opt = dspy.COPRO(
+            prompt_model=lms.teacher, metric=metric, breadth=COPRO_BREADTH, depth=COPRO_DEPTH
+        )
         return opt, {"eval_kwargs": {"num_threads": o.num_threads, "display_progress": False}}
     if name == "GEPA":
         full_evals, _budget = _gepa_budget(settings, n_fit, n_sel)
-        budget_kw: dict[str, Any] = ({"auto": o.auto_mode} if o.auto_mode is not None
-                                     else {"max_full_evals": full_evals})
-        kwargs = dict(metric=gepa_metric or metric, reflection_lm=lms.teacher,
-                      num_threads=o.num_threads, seed=o.seed, track_stats=False,
-                      log_dir=str(log_dir) if log_dir is not None else None, **budget_kw)
+        budget_kw: dict[str, Any] = (
+            {"auto": o.auto_mode} if o.auto_mode is not None else {"max_full_evals": full_evals}
+        )
+        kwargs = dict(
+            metric=gepa_metric or metric,
+            reflection_lm=lms.teacher,
+            num_threads=o.num_threads,
+            seed=o.seed,
+            track_stats=False,
+            log_dir=str(log_dir) if log_dir is not None else None,
+            **budget_kw,
+        )
         return dspy.GEPA(**_accepted(dspy.GEPA.__init__, kwargs)), {}
     if name == "SIMBA":
-        opt = dspy.SIMBA(metric=metric, bsize=min(SIMBA_BSIZE, n_fit),
-                         max_demos=o.max_bootstrapped_demos + o.max_labeled_demos,
-                         prompt_model=lms.teacher, num_threads=o.num_threads)
+        opt = dspy.SIMBA(
+            metric=metric,
+            bsize=min(SIMBA_BSIZE, n_fit),
+            max_demos=o.max_bootstrapped_demos + o.max_labeled_demos,
+            prompt_model=lms.teacher,
+            num_threads=o.num_threads,
+        )
         return opt, {"seed": o.seed}
     raise ConfigError(f"unknown optimizer {name!r}")
 
@@ -609,8 +705,14 @@ def resolve_metric(settings: Settings) -> tuple[Callable[..., Any], Callable[...
         return fn, gepa_metric(fn), spec
     m = AgentMetric(settings.optimization.metric_weights)
     w = settings.optimization.metric_weights
-    return m, m.feedback, (f"ocdspy agent metric (success {w.success}, efficiency "
-                           f"{w.efficiency}, correctness {w.correctness})")
+    return (
+        m,
+        m.feedback,
+        (
+            f"ocdspy agent metric (success {w.success}, efficiency "
+            f"{w.efficiency}, correctness {w.correctness})"
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,6 +741,15 @@ def quiet() -> Iterator[None]:
     old = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)
+    # tqdm bars (BootstrapFewShot draws one) would interleave with our own progress on stderr.
+    # tqdm reads TQDM_DISABLE only when imported, so its constructor is patched for the duration.
+    try:
+        import tqdm as tqdm_module
+    except ImportError:  # pragma: no cover - dspy depends on tqdm
+        tqdm_module = None
+    tqdm_init = tqdm_module.tqdm.__init__ if tqdm_module is not None else None
+    if tqdm_module is not None:
+        tqdm_module.tqdm.__init__ = functools.partialmethod(tqdm_init, disable=True)
     try:
         # Some optimizers print() their progress: keep stdout for results (`--json`).
         with contextlib.redirect_stdout(sys.stderr):
@@ -646,6 +757,8 @@ def quiet() -> Iterator[None]:
     finally:
         for n, lvl in old.items():
             logging.getLogger(n).setLevel(lvl)
+        if tqdm_module is not None:
+            tqdm_module.tqdm.__init__ = tqdm_init
 
 
 def save_program(program: Any, path: Path) -> None:
@@ -678,8 +791,11 @@ def optimize(
     name = name or default_name(settings)
     demos_shown = o.demos_shown if demos_shown is None else demos_shown
     splits = load_splits(settings.data.splits_dir)
-    fit_ex, sel_ex = ((*selection_split(splits.train),) if o.optimizer in NEEDS_SELECTION_SET
-                      else (splits.train, []))
+    fit_ex, sel_ex = (
+        (*selection_split(splits.train),)
+        if o.optimizer in NEEDS_SELECTION_SET
+        else (splits.train, [])
+    )
     import dspy
 
     from ocdspy.program.agent import build_program, to_dspy_examples
@@ -691,11 +807,23 @@ def optimize(
     splits.refs["train"].program_examples = len(to_dspy_examples(splits.train, o.program, tools))
     splits.refs["val"].program_examples = len(to_dspy_examples(splits.val, o.program, tools))
     warnings = preflight(settings, n_fit=len(fit), n_sel=len(sel))
-    plan = plan_run(settings, n_fit=len(fit), n_sel=len(sel), sample=fit[0] if fit else None,
-                    demos_shown=demos_shown)
+    plan = plan_run(
+        settings,
+        n_fit=len(fit),
+        n_sel=len(sel),
+        sample=fit[0] if fit else None,
+        demos_shown=demos_shown,
+    )
     if dry_run:
-        return OptimizeResult(name=name, program_path=None, record_path=None, record=None,
-                              plan=plan, dry_run=True, warnings=warnings)
+        return OptimizeResult(
+            name=name,
+            program_path=None,
+            record_path=None,
+            record=None,
+            plan=plan,
+            dry_run=True,
+            warnings=warnings,
+        )
 
     metric, gepa_fn, metric_desc = resolve_metric(settings)
     if lms is None:
@@ -703,15 +831,22 @@ def optimize(
     tracker = TrialTracker(on_progress, planned=plan.metric_calls)
     log_dir = settings.outputs.logs_dir / name
     optimizer, compile_kwargs = build_optimizer(
-        settings, tracker.wrap(metric), lms, n_fit=len(fit), n_sel=len(sel),
+        settings,
+        tracker.wrap(metric),
+        lms,
+        n_fit=len(fit),
+        n_sel=len(sel),
         log_dir=log_dir if o.optimizer in ("GEPA",) else None,
-        gepa_metric=tracker.wrap(gepa_fn))
+        gepa_metric=tracker.wrap(gepa_fn),
+    )
     student = build_program(o.program, tools, demos_shown=demos_shown)
     if o.optimizer in ("MIPROv2", "GEPA", "BootstrapFewShotWithRandomSearch"):
         compile_kwargs["valset"] = sel
 
-    starts = {id(lm): _history_len(lm) for lm in {id(lms.target): lms.target,
-                                                  id(lms.teacher): lms.teacher}.values()}
+    starts = {
+        id(lm): _history_len(lm)
+        for lm in {id(lms.target): lms.target, id(lms.teacher): lms.teacher}.values()
+    }
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
     status: Literal["completed", "interrupted", "failed"] = "completed"
@@ -719,8 +854,15 @@ def optimize(
     error: str | None = None
     result_program: Any = None
     try:
-        with quiet(), dspy.context(lm=lms.target, adapter=dspy.JSONAdapter(),
-                                    max_errors=o.max_errors, max_history_size=1_000_000):
+        with (
+            quiet(),
+            dspy.context(
+                lm=lms.target,
+                adapter=dspy.JSONAdapter(),
+                max_errors=o.max_errors,
+                max_history_size=1_000_000,
+            ),
+        ):
             result_program = optimizer.compile(student, trainset=fit, **compile_kwargs)
     except KeyboardInterrupt as e:
         status, interrupted = "interrupted", e
@@ -747,30 +889,56 @@ def optimize(
     best_score = max((t.score for t in trials if t.best_so_far), default=None)
     resume = None
     if status != "completed":
-        resume = ("re-run the same `ocdspy optimize` command: calls already made are answered "
-                  f"from the cache in {settings.outputs.cache_dir}, so it picks up where it "
-                  "stopped")
+        resume = (
+            "re-run the same `ocdspy optimize` command: calls already made are answered "
+            f"from the cache in {settings.outputs.cache_dir}, so it picks up where it "
+            "stopped"
+        )
     record = RunRecord(
-        name=name, status=status, optimizer=o.optimizer, program=o.program, tools=tools,
-        demos_shown=demos_shown, settings=o.model_dump(mode="json"),
-        models={"target": settings.models.target.model_dump(mode="json", exclude={"api_key_env"}),
-                "teacher": settings.models.teacher.model_dump(mode="json",
-                                                              exclude={"api_key_env"})},
-        data=splits.refs, train_examples=len(fit), selection_examples=len(sel), plan=plan,
-        trials=trials, best_score=best_score, lm_usage=usage, started=started.isoformat(),
-        duration_s=round(duration, 3), program_path=str(out_path) if out_path else None,
-        metric=metric_desc, resume_hint=resume, error=error)
+        name=name,
+        status=status,
+        optimizer=o.optimizer,
+        program=o.program,
+        tools=tools,
+        demos_shown=demos_shown,
+        settings=o.model_dump(mode="json"),
+        models={
+            "target": settings.models.target.model_dump(mode="json", exclude={"api_key_env"}),
+            "teacher": settings.models.teacher.model_dump(mode="json", exclude={"api_key_env"}),
+        },
+        data=splits.refs,
+        train_examples=len(fit),
+        selection_examples=len(sel),
+        plan=plan,
+        trials=trials,
+        best_score=best_score,
+        lm_usage=usage,
+        started=started.isoformat(),
+        duration_s=round(duration, 3),
+        program_path=str(out_path) if out_path else None,
+        metric=metric_desc,
+        resume_hint=resume,
+        error=error,
+    )
     rec_path = record_path(settings, name)
     write_model_atomic(rec_path, record)
-    result = OptimizeResult(name=name, program_path=out_path, record_path=rec_path,
-                            record=record, plan=plan, interrupted=status == "interrupted",
-                            warnings=warnings)
+    result = OptimizeResult(
+        name=name,
+        program_path=out_path,
+        record_path=rec_path,
+        record=record,
+        plan=plan,
+        interrupted=status == "interrupted",
+        warnings=warnings,
+    )
     if isinstance(interrupted, KeyboardInterrupt):
         raise OptimizationInterrupted(result) from interrupted
     if interrupted is not None:
-        raise ModelError(f"{o.optimizer} failed: {error}",
-                         hint=f"run record kept at {rec_path}; "
-                              "raise optimization.max_errors if single calls fail") from interrupted
+        raise ModelError(
+            f"{o.optimizer} failed: {error}",
+            hint=f"run record kept at {rec_path}; "
+            "raise optimization.max_errors if single calls fail",
+        ) from interrupted
     return result
 
 
