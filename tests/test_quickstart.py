@@ -19,8 +19,11 @@ def quickstart_commands() -> list[str]:
 
 
 def test_readme_quickstart_data_stages(tmp_path: Path) -> None:
-    commands = quickstart_commands()
-    assert [c.split()[1] for c in commands] == ["validate", "convert", "split"]
+    all_commands = quickstart_commands()
+    assert [c.split()[1] for c in all_commands] == ["validate", "convert", "split", "pipeline"]
+    # The pipeline needs the local model; tests/test_pipeline.py and the integration tests
+    # cover it. Here: the data stages, exactly as printed.
+    commands = all_commands[:3]
     shutil.copytree(
         REPO / "examples",
         tmp_path / "examples",
