@@ -533,25 +533,34 @@ def collect(
 def export(
     program: Annotated[
         str | None,
-        typer.Argument(help="Program name or path (default: the newest in outputs/programs).",
-                       show_default=False),
+        typer.Argument(
+            help="Program name or path (default: the newest in outputs/programs).",
+            show_default=False,
+        ),
     ] = None,
     config: ConfigOpt = None,
     name: Annotated[
-        str | None, typer.Option(help="Agent name (default: <model>-optimized).",
-                                 show_default=False)
+        str | None,
+        typer.Option(help="Agent name (default: <model>-optimized).", show_default=False),
     ] = None,
     install_to: Annotated[
         Path | None,
-        typer.Option("--install-to", help="Copy the agent into this OpenCode agent folder "
-                     "(e.g. ~/.config/opencode/agents).", show_default=False),
+        typer.Option(
+            "--install-to",
+            help="Copy the agent into this OpenCode agent folder (e.g. ~/.config/opencode/agents).",
+            show_default=False,
+        ),
     ] = None,
     mode: Annotated[
         str, typer.Option(help="primary, subagent or all.", case_sensitive=False)
     ] = "primary",
     set_default: Annotated[
-        bool, typer.Option("--set-default", help="Make it OpenCode's default_agent "
-                           "(opencode.json next to the install folder; a backup is kept).")
+        bool,
+        typer.Option(
+            "--set-default",
+            help="Make it OpenCode's default_agent "
+            "(opencode.json next to the install folder; a backup is kept).",
+        ),
     ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an installed agent of that name (backed up).")
@@ -560,31 +569,16 @@ def export(
 ) -> None:
     """Write the optimized program as an OpenCode agent file, and optionally install it."""
     from ocdspy.evaluate import resolve_program
-    from ocdspy.export import export_agent
+    from ocdspy.export import export_program
 
     if mode not in ("primary", "subagent", "all"):
         raise typer.BadParameter("must be primary, subagent or all", param_hint="--mode")
     s = _load(config).settings
-    program_path = resolve_program(s, program)
-    stem = program_path.name[: -len(".json")] if program_path.name.endswith(".json") \
-        else program_path.stem
-    split_manifest = s.data.splits_dir / "manifest.json"
-    sessions = None
-    if split_manifest.is_file():
-        sessions = json.loads(split_manifest.read_text()).get("train", {}).get("sessions")
-    record = program_path.with_name(f"{stem}.run.json")
-    res = export_agent(
-        program_path,
-        s.outputs.prompts_dir,
-        target_provider=s.models.target.provider,
-        target_model=s.models.target.model,
-        temperature=s.models.target.temperature,
+    res = export_program(
+        s,
+        resolve_program(s, program),
         name=name,
         mode=mode,  # type: ignore[arg-type]
-        examples_path=s.data.splits_dir / "train.jsonl",
-        report_path=s.outputs.reports_dir / f"{stem}.json",
-        run_record_path=record if record.is_file() else None,
-        sessions=sessions,
         install_to=install_to,
         set_default=set_default,
         force=force,
@@ -594,19 +588,28 @@ def export(
     if as_json:
         out.print_json(res.model_dump_json())
         return
-    out.print(f"[green]wrote[/] {_rel(str(res.agent_path))} (agent [bold]{res.name}[/], "
-              f"{res.front_matter.mode})", soft_wrap=True)
+    out.print(
+        f"[green]wrote[/] {_rel(str(res.agent_path))} (agent [bold]{res.name}[/], "
+        f"{res.front_matter.mode})",
+        soft_wrap=True,
+    )
     out.print(f"provenance: {_rel(str(res.meta_path))}", soft_wrap=True)
     if res.installed_path:
         out.print(f"[green]installed[/] {res.installed_path}", soft_wrap=True)
         if res.backup_path:
             out.print(f"  previous version kept as {res.backup_path}", soft_wrap=True)
     if res.config_path:
-        out.print(f"default_agent set in {res.config_path}"
-                  + (f" (backup {res.config_backup.name})" if res.config_backup else ""),
-                  soft_wrap=True)
-    how = f"opencode --agent {res.name}" if res.installed_path else \
-        f"ocdspy export --install-to ~/.config/opencode/agents, then opencode --agent {res.name}"
+        out.print(
+            f"default_agent set in {res.config_path}"
+            + (f" (backup {res.config_backup.name})" if res.config_backup else ""),
+            soft_wrap=True,
+        )
+    how = (
+        f"opencode --agent {res.name}"
+        if res.installed_path
+        else "ocdspy export --install-to ~/.config/opencode/agents, then "
+        f"opencode --agent {res.name}"
+    )
     out.print(f"use it: {how}", soft_wrap=True)
 
 
@@ -622,23 +625,29 @@ def pipeline(
         str | None, typer.Option(help="Override optimization.optimizer.", show_default=False)
     ] = None,
     name: Annotated[
-        str | None, typer.Option(help="Run name (default: <program>-<optimizer>).",
-                                 show_default=False)
+        str | None,
+        typer.Option(help="Run name (default: <program>-<optimizer>).", show_default=False),
     ] = None,
     agent_name: Annotated[
-        str | None, typer.Option("--agent-name", help="Agent name (default: <model>-optimized).",
-                                 show_default=False)
+        str | None,
+        typer.Option(
+            "--agent-name", help="Agent name (default: <model>-optimized).", show_default=False
+        ),
     ] = None,
     install_to: Annotated[
-        Path | None, typer.Option("--install-to", help="Also install the agent into this "
-                                  "OpenCode agent folder.", show_default=False)
+        Path | None,
+        typer.Option(
+            "--install-to",
+            help="Also install the agent into this OpenCode agent folder.",
+            show_default=False,
+        ),
     ] = None,
     set_default: Annotated[
         bool, typer.Option("--set-default", help="Make it OpenCode's default agent.")
     ] = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an installed agent of that name "
-                           "(backed up).")
+        bool,
+        typer.Option("--overwrite", help="Replace an installed agent of that name (backed up)."),
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Redo every stage.")] = False,
     as_json: JsonOpt = False,
@@ -650,9 +659,16 @@ def pipeline(
     status = err.status("starting…")
     status.start()
     try:
-        res = run_pipeline(s, name=name, force=force, install_to=install_to,
-                           set_default=set_default, overwrite=overwrite, agent_name=agent_name,
-                           on_stage=lambda st: status.update(f"{st}…"))
+        res = run_pipeline(
+            s,
+            name=name,
+            force=force,
+            install_to=install_to,
+            set_default=set_default,
+            overwrite=overwrite,
+            agent_name=agent_name,
+            on_stage=lambda st: status.update(f"{st}…"),
+        )
     finally:
         status.stop()
     if as_json:
@@ -666,16 +682,25 @@ def pipeline(
     out.print(table)
     for w in res.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
-    out.print(f"data: {res.sessions} sessions -> {res.examples} examples "
-              f"(train {res.train_examples} from {res.train_sessions} sessions, "
-              f"val {res.val_examples} from {res.val_sessions})", soft_wrap=True)
+    out.print(
+        f"data: {res.sessions} sessions -> {res.examples} examples "
+        f"(train {res.train_examples} from {res.train_sessions} sessions, "
+        f"val {res.val_examples} from {res.val_sessions})",
+        soft_wrap=True,
+    )
     if res.baseline_score is not None and res.optimized_score is not None:
         gain = res.optimized_score - res.baseline_score
-        ci = (f", 95% CI {res.ci_low:+.1f} to {res.ci_high:+.1f}"
-              if res.ci_low is not None and res.ci_high is not None else "")
-        out.print(f"score on held-out sessions ({res.optimizer}): baseline "
-                  f"{res.baseline_score:.1f} -> optimized {res.optimized_score:.1f} "
-                  f"({gain:+.1f}{ci})", soft_wrap=True)
+        ci = (
+            f", 95% CI {res.ci_low:+.1f} to {res.ci_high:+.1f}"
+            if res.ci_low is not None and res.ci_high is not None
+            else ""
+        )
+        out.print(
+            f"score on held-out sessions ({res.optimizer}): baseline "
+            f"{res.baseline_score:.1f} -> optimized {res.optimized_score:.1f} "
+            f"({gain:+.1f}{ci})",
+            soft_wrap=True,
+        )
     cost = f", cost ${res.lm_cost:.4f}" if res.lm_cost else ""
     out.print(f"LM calls this run: {res.lm_calls} ({res.lm_new_calls} not from cache){cost}")
     if res.report_path:
@@ -683,11 +708,17 @@ def pipeline(
     if res.agent_path:
         out.print(f"agent: {_rel(str(res.agent_path))}", soft_wrap=True)
         if res.installed_path:
-            out.print(f"installed: {res.installed_path}; start it with "
-                      f"`opencode --agent {res.agent_name}`", soft_wrap=True)
+            out.print(
+                f"installed: {res.installed_path}; start it with "
+                f"`opencode --agent {res.agent_name}`",
+                soft_wrap=True,
+            )
         else:
-            out.print(f"use it: ocdspy export --install-to ~/.config/opencode/agents, then "
-                      f"`opencode --agent {res.agent_name}`", soft_wrap=True)
+            out.print(
+                f"use it: ocdspy export --install-to ~/.config/opencode/agents, then "
+                f"`opencode --agent {res.agent_name}`",
+                soft_wrap=True,
+            )
     out.print(f"done in {res.seconds:.0f} s")
 
 
@@ -705,31 +736,39 @@ def optimize(
     config: ConfigOpt = None,
     optimizer: Annotated[
         str | None,
-        typer.Option(help="MIPROv2, COPRO, BootstrapFewShot, BootstrapFewShotWithRandomSearch, "
-                     "GEPA or SIMBA.", show_default=False),
+        typer.Option(
+            help="MIPROv2, COPRO, BootstrapFewShot, BootstrapFewShotWithRandomSearch, "
+            "GEPA or SIMBA.",
+            show_default=False,
+        ),
     ] = None,
     auto: Annotated[
         str | None,
-        typer.Option(help="Budget preset: light, medium, heavy, or none (use --trials).",
-                     show_default=False),
+        typer.Option(
+            help="Budget preset: light, medium, heavy, or none (use --trials).", show_default=False
+        ),
     ] = None,
     trials: Annotated[
-        int | None, typer.Option(help="Trials (MIPROv2, random search) or full evaluations "
-                                 "(GEPA) when --auto is none.", show_default=False, min=1)
+        int | None,
+        typer.Option(
+            help="Trials (MIPROv2, random search) or full evaluations (GEPA) when --auto is none.",
+            show_default=False,
+            min=1,
+        ),
     ] = None,
     program: Annotated[
         str | None, typer.Option(help="Program mode: plan or next_action.", show_default=False)
     ] = None,
     metric: Annotated[
-        str | None, typer.Option(help="Custom metric as package.module:function.",
-                                 show_default=False)
+        str | None,
+        typer.Option(help="Custom metric as package.module:function.", show_default=False),
     ] = None,
     num_threads: Annotated[
         int | None, typer.Option(help="Parallel LM calls.", show_default=False, min=1)
     ] = None,
     name: Annotated[
-        str | None, typer.Option(help="Program name (default: <program>-<optimizer>).",
-                                 show_default=False)
+        str | None,
+        typer.Option(help="Program name (default: <program>-<optimizer>).", show_default=False),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the planned LM calls and cost, then stop.")
@@ -746,8 +785,10 @@ def optimize(
     from ocdspy.optimize import optimize as run_optimize
 
     overrides: dict[str, Any] = {
-        "optimization.optimizer": optimizer, "optimization.num_trials": trials,
-        "optimization.program": program, "optimization.metric": metric,
+        "optimization.optimizer": optimizer,
+        "optimization.num_trials": trials,
+        "optimization.program": program,
+        "optimization.metric": metric,
         "optimization.num_threads": num_threads,
     }
     if auto is not None:
@@ -769,33 +810,57 @@ def optimize(
         for w in res.warnings:
             err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
         p = res.plan
-        table = Table(title=f"{p.optimizer} on {p.train_examples} training examples "
-                            f"({p.program} mode) — planned, not run")
-        for col, just in (("role", "left"), ("model", "left"), ("LM calls", "right"),
-                          ("input tokens", "right"), ("output tokens", "right"),
-                          ("est. cost", "right")):
+        table = Table(
+            title=f"{p.optimizer} on {p.train_examples} training examples "
+            f"({p.program} mode) — planned, not run"
+        )
+        for col, just in (
+            ("role", "left"),
+            ("model", "left"),
+            ("LM calls", "right"),
+            ("input tokens", "right"),
+            ("output tokens", "right"),
+            ("est. cost", "right"),
+        ):
             table.add_column(col, justify=just)  # type: ignore[arg-type]
         for c in p.calls:
-            table.add_row(c.role, c.model, f"≤ {c.calls}", f"{c.input_tokens:,}",
-                          f"{c.output_tokens:,}", "unknown" if c.cost is None else f"${c.cost:.4f}")
+            table.add_row(
+                c.role,
+                c.model,
+                f"≤ {c.calls}",
+                f"{c.input_tokens:,}",
+                f"{c.output_tokens:,}",
+                "unknown" if c.cost is None else f"${c.cost:.4f}",
+            )
         out.print(table)
-        total = "unknown (a model's price is not known)" if p.total_cost is None \
+        total = (
+            "unknown (a model's price is not known)"
+            if p.total_cost is None
             else f"${p.total_cost:.4f}"
+        )
         out.print(f"estimated cost: {total}; scored predictions: ≤ {p.metric_calls}")
         for n in p.notes:
             out.print(f"[dim]{n}[/]", highlight=False, soft_wrap=True)
         return
 
-    progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total} scored"), TimeElapsedColumn(),
-                        console=err, transient=True)
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} scored"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
     task = progress.add_task(f"{s.optimization.optimizer}", total=None)
 
     def on_progress(ev: ProgressEvent) -> None:
         best = "" if ev.best_score is None else f" · best {ev.best_score:.1f}"
-        progress.update(task, completed=ev.metric_calls, total=ev.planned_metric_calls or None,
-                        description=f"{s.optimization.optimizer} · {ev.candidates} "
-                                    f"candidate(s){best}")
+        progress.update(
+            task,
+            completed=ev.metric_calls,
+            total=ev.planned_metric_calls or None,
+            description=f"{s.optimization.optimizer} · {ev.candidates} candidate(s){best}",
+        )
 
     try:
         with progress:
@@ -826,18 +891,32 @@ def optimize(
         table.add_column("scored", justify="right")
         table.add_column("best", justify="center")
         for t in rec.trials:
-            table.add_row(str(t.index), f"{t.score:.1f}", str(t.scored),
-                          "[green]✓[/]" if t.best_so_far else "")
+            table.add_row(
+                str(t.index),
+                f"{t.score:.1f}",
+                str(t.scored),
+                "[green]✓[/]" if t.best_so_far else "",
+            )
         out.print(table)
     usage = Table(title="language models")
     for col in ("role", "model", "calls", "from cache", "tokens in", "tokens out", "cost"):
         usage.add_column(col)
     for u in rec.lm_usage:
-        usage.add_row(u.role, u.model, str(u.calls), str(u.cached), f"{u.input_tokens:,}",
-                      f"{u.output_tokens:,}", "-" if u.cost is None else f"${u.cost:.4f}")
+        usage.add_row(
+            u.role,
+            u.model,
+            str(u.calls),
+            str(u.cached),
+            f"{u.input_tokens:,}",
+            f"{u.output_tokens:,}",
+            "-" if u.cost is None else f"${u.cost:.4f}",
+        )
     out.print(usage)
-    out.print(f"[green]saved[/] {res.program_path} ({rec.optimizer}, {rec.program} mode, "
-              f"{rec.duration_s:.0f} s)", soft_wrap=True)
+    out.print(
+        f"[green]saved[/] {res.program_path} ({rec.optimizer}, {rec.program} mode, "
+        f"{rec.duration_s:.0f} s)",
+        soft_wrap=True,
+    )
     out.print(f"run record: {res.record_path}", soft_wrap=True)
     out.print(f"next: ocdspy evaluate {res.name}", highlight=False)
 
@@ -847,8 +926,10 @@ def optimize(
 def evaluate(
     program: Annotated[
         str | None,
-        typer.Argument(help="Program name or path (default: the newest in outputs/programs).",
-                       show_default=False),
+        typer.Argument(
+            help="Program name or path (default: the newest in outputs/programs).",
+            show_default=False,
+        ),
     ] = None,
     config: ConfigOpt = None,
     resamples: Annotated[
@@ -865,9 +946,14 @@ def evaluate(
     from ocdspy.evaluate import evaluate as run_evaluate
 
     s = _load(config).settings
-    progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                        console=err, transient=True)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
     tasks: dict[str, Any] = {}
 
     def on_progress(side: str, done: int, total: int) -> None:
@@ -883,22 +969,39 @@ def evaluate(
         return
     d = r.difference
     table = Table(title=f"{r.name} on {r.examples_scored} held-out examples ({r.model})")
-    for col, just in (("", "left"), ("baseline", "right"), ("optimized", "right"),
-                      ("difference", "right")):
+    for col, just in (
+        ("", "left"),
+        ("baseline", "right"),
+        ("optimized", "right"),
+        ("difference", "right"),
+    ):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
-    table.add_row("[bold]score[/]", _score_cell(r.baseline.score), _score_cell(r.optimized.score),
-                  f"{d.mean:+.1f} [{d.ci_low:+.1f}, {d.ci_high:+.1f}]")
+    table.add_row(
+        "[bold]score[/]",
+        _score_cell(r.baseline.score),
+        _score_cell(r.optimized.score),
+        f"{d.mean:+.1f} [{d.ci_low:+.1f}, {d.ci_high:+.1f}]",
+    )
     for c, v in r.components_difference.items():
-        table.add_row(c, _score_cell(r.baseline.components[c]),
-                      _score_cell(r.optimized.components[c]), f"{v:+.1f}")
+        table.add_row(
+            c,
+            _score_cell(r.baseline.components[c]),
+            _score_cell(r.optimized.components[c]),
+            f"{v:+.1f}",
+        )
     out.print(table)
-    out.print(f"{int(d.confidence * 100)}% bootstrap interval over {d.unit}: "
-              + ("excludes 0" if d.significant else "includes 0")
-              + f" · improved {r.improved}, worse {r.worse}, unchanged {r.unchanged}")
+    out.print(
+        f"{int(d.confidence * 100)}% bootstrap interval over {d.unit}: "
+        + ("excludes 0" if d.significant else "includes 0")
+        + f" · improved {r.improved}, worse {r.worse}, unchanged {r.unchanged}"
+    )
     for x in r.worse_examples[:5]:
-        out.print(f"  [red]worse[/] {x.id}: expected {x.expected[:60]!r}, now "
-                  f"{x.optimized_output[:60]!r} ({x.delta:+.0f})", highlight=False,
-                  soft_wrap=True)
+        out.print(
+            f"  [red]worse[/] {x.id}: expected {x.expected[:60]!r}, now "
+            f"{x.optimized_output[:60]!r} ({x.delta:+.0f})",
+            highlight=False,
+            soft_wrap=True,
+        )
     out.print(f"report: {res.markdown_path} (and .json)", soft_wrap=True)
 
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ocdspy import __version__
 from ocdspy.artifacts import bytes_sha256, write_model_atomic, write_text_atomic
+from ocdspy.config import Settings
 from ocdspy.errors import DataError, OcdspyError
 from ocdspy.redact import find_secrets
 
@@ -673,3 +674,45 @@ def export_agent(
     )
     write_model_atomic(result.meta_path, meta)
     return result
+
+
+def export_program(
+    settings: Settings,
+    program_path: Path,
+    *,
+    name: str | None = None,
+    mode: AgentMode = "primary",
+    install_to: Path | None = None,
+    set_default: bool = False,
+    force: bool = False,
+) -> ExportResult:
+    """`export_agent` with everything else found where the other stages put it: the target
+    model, the training split (for tool-use habits and the session count), the program's
+    evaluation report and run record."""
+    stem = (
+        program_path.name[: -len(".json")]
+        if program_path.name.endswith(".json")
+        else program_path.stem
+    )
+    split_manifest = settings.data.splits_dir / "manifest.json"
+    sessions = None
+    if split_manifest.is_file():
+        sessions = json.loads(split_manifest.read_text()).get("train", {}).get("sessions")
+    record = program_path.with_name(f"{stem}.run.json")
+    target = settings.models.target
+    return export_agent(
+        program_path,
+        settings.outputs.prompts_dir,
+        target_provider=target.provider,
+        target_model=target.model,
+        temperature=target.temperature,
+        name=name,
+        mode=mode,
+        examples_path=settings.data.splits_dir / "train.jsonl",
+        report_path=settings.outputs.reports_dir / f"{stem}.json",
+        run_record_path=record if record.is_file() else None,
+        sessions=sessions,
+        install_to=install_to,
+        set_default=set_default,
+        force=force,
+    )

@@ -272,21 +272,13 @@ def run_pipeline(
     )
 
     # export: cheap, always redone so the agent matches the current program and report.
-    from ocdspy.export import export_agent
+    from ocdspy.export import export_program
 
     t0 = begin("export")
-    stem = program_file.name[: -len(".json")]
-    exp = export_agent(
+    exp = export_program(
+        settings,
         program_file,
-        settings.outputs.prompts_dir,
-        target_provider=settings.models.target.provider,
-        target_model=settings.models.target.model,
-        temperature=settings.models.target.temperature,
         name=agent_name,
-        examples_path=train_path,
-        report_path=report_file,
-        run_record_path=program_file.with_name(f"{stem}.run.json"),
-        sessions=sm.train.sessions,
         install_to=install_to,
         set_default=set_default,
         force=overwrite,
