@@ -244,11 +244,13 @@ def test_cli_ctrl_c_exit_code_and_message(tmp_path: Path, monkeypatch: pytest.Mo
 def test_end_to_end_with_the_local_model(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
     from ocdspy.config import load_settings
-    from ocdspy.convert import load_examples
+    from ocdspy.convert import convert, load_examples
     from ocdspy.optimize import build_lms
 
     repo = Path(__file__).resolve().parents[1]
-    examples = load_examples(repo / "examples" / "data" / "processed" / "examples.jsonl")
+    # Converted here: a fresh checkout has no examples/data/processed (it is a build output).
+    converted = convert([repo / "examples" / "data" / "raw"], tmp_path / "processed")
+    examples = load_examples(converted.examples_path)
     by_session: dict[str, list[Example]] = {}
     for e in examples:
         by_session.setdefault(e.session_id, []).append(e)
