@@ -445,6 +445,8 @@ def test_collected_problems_do_not_stop_the_run(tmp_path: Path, db: Path) -> Non
 
 
 @pytest.mark.integration
+@pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None,
+                    reason="node and npm are needed to install OpenCode")
 def test_collect_while_real_opencode_runs(tmp_path: Path) -> None:
     import socket
     import subprocess
@@ -465,8 +467,7 @@ def test_collect_while_real_opencode_runs(tmp_path: Path) -> None:
             have_node,
             isolated_env,
         )
-    if not have_node():
-        pytest.skip("node/npm not installed")
+    assert have_node()
     binary = ensure_opencode()
     assert binary is not None
     env = isolated_env(tmp_path, "http://127.0.0.1:9/v1")
