@@ -100,6 +100,17 @@ def _rel(path: str, base: Path | None = None) -> str:
     return path
 
 
+def _problem(severity: str, file: str, where: str, message: str) -> None:
+    """One input problem as `severity file: json.path: message` on stdout (part of the report)."""
+    color = "red" if severity == "error" else "yellow"
+    loc = f"{_rel(file)}: {where}: " if where else f"{_rel(file)}: "
+    out.print(f"[{color}]{severity}[/] {loc}{message}", highlight=False, soft_wrap=True)
+
+
+def _warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def _load(config: Path | None, overrides: dict[str, Any] | None = None) -> Any:
     from ocdspy.config import load_settings
 
@@ -224,9 +235,7 @@ def validate(
     if report.files:
         out.print(table)
     for p in report.problems:
-        color = "red" if p.severity == "error" else "yellow"
-        loc = f"{_rel(p.file)}: {p.path}: " if p.path else f"{_rel(p.file)}: "
-        out.print(f"[{color}]{p.severity}[/] {loc}{p.message}", highlight=False, soft_wrap=True)
+        _problem(p.severity, p.file, p.path, p.message)
     for r in report.requirements:
         mark = "[green]✓[/]" if r.ok else "[red]✗[/]"
         out.print(f"{mark} {r.message}", highlight=False)
@@ -324,8 +333,7 @@ def convert(
         )
         return
     for p in res.problems:
-        color = "red" if p.severity == "error" else "yellow"
-        out.print(f"[{color}]{p.severity}[/] {p}", highlight=False, soft_wrap=True)
+        _problem(p.severity, p.file, p.where, p.message)
     out.print(f"read {m.sessions_read} sessions, {m.turns_in} turns from {len(m.sources)} inputs")
     out.print(f"[green]wrote {m.examples_kept} examples[/] to {_rel(str(res.examples_path))}")
     for reason, n in m.dropped.items():
@@ -507,8 +515,7 @@ def collect(
         out.print_json(json.dumps(data))
         return
     for p in res.problems:
-        color = "red" if p.severity == "error" else "yellow"
-        out.print(f"[{color}]{p.severity}[/] {p}", highlight=False, soft_wrap=True)
+        _problem(p.severity, p.file, p.where, p.message)
     st = res.store
     out.print(
         f"store: {st.path} ({st.format}, found via {st.found_by}); "
@@ -584,7 +591,7 @@ def export(
         force=force,
     )
     for w in res.warnings:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        _warn(w)
     if as_json:
         out.print_json(res.model_dump_json())
         return
@@ -681,7 +688,7 @@ def pipeline(
         table.add_row(st.stage, st.status, f"{st.seconds:.1f}", _rel(st.detail))
     out.print(table)
     for w in res.warnings:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        _warn(w)
     out.print(
         f"data: {res.sessions} sessions -> {res.examples} examples "
         f"(train {res.train_examples} from {res.train_sessions} sessions, "
@@ -808,7 +815,7 @@ def optimize(
             out.print_json(res.plan.model_dump_json())
             return
         for w in res.warnings:
-            err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+            _warn(w)
         p = res.plan
         table = Table(
             title=f"{p.optimizer} on {p.train_examples} training examples "
@@ -880,7 +887,7 @@ def optimize(
     rec = res.record
     assert rec is not None
     for w in res.warnings:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        _warn(w)
     if as_json:
         out.print_json(rec.model_dump_json())
         return
