@@ -105,8 +105,11 @@ def _schema_responder() -> Any:
     def respond(body: dict[str, Any]) -> Any:
         fmt = body.get("response_format") or {}
         schema = (fmt.get("json_schema") or {}).get("schema") or fmt.get("schema") or {}
-        value = fill(schema, schema.get("$defs", {}), lambda v: v[0]) if schema else {
-            "tool": "read", "target": "README.md"}
+        value = (
+            fill(schema, schema.get("$defs", {}), lambda v: v[0])
+            if schema
+            else {"tool": "read", "target": "README.md"}
+        )
         return text(json.dumps(value))
 
     return respond
@@ -123,10 +126,16 @@ def threads(args: argparse.Namespace) -> dict[str, Any]:
     with FakeOpenAI(_schema_responder(), faults=Faults(latency=args.latency)) as server:
         for n in args.threads:
             out = args.out / f"threads-{n}"
-            s = _settings(out, mode="next_action", optimizer="BootstrapFewShot",
-                          train_split=args.train_split)
-            model = ModelSettings(provider="openai_compatible", model="coder",
-                                  api_base=server.base_url, timeout=30, num_retries=0)
+            s = _settings(
+                out, mode="next_action", optimizer="BootstrapFewShot", train_split=args.train_split
+            )
+            model = ModelSettings(
+                provider="openai_compatible",
+                model="coder",
+                api_base=server.base_url,
+                timeout=30,
+                num_retries=0,
+            )
             s.models.target = model
             s.models.teacher = model
             s.optimization.num_threads = n
@@ -137,8 +146,14 @@ def threads(args: argparse.Namespace) -> dict[str, Any]:
             ev = evaluate(s, lms=lms)
             wall = time.monotonic() - t0
             calls = len(server.requests) - before
-            rows.append({"num_threads": n, "requests": calls, "wall_s": round(wall, 2),
-                         "examples": ev.report.examples_scored})
+            rows.append(
+                {
+                    "num_threads": n,
+                    "requests": calls,
+                    "wall_s": round(wall, 2),
+                    "examples": ev.report.examples_scored,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["wall_s"]
     for r in rows:
@@ -149,8 +164,7 @@ def threads(args: argparse.Namespace) -> dict[str, Any]:
 def warm(args: argparse.Namespace) -> dict[str, Any]:
     from ocdspy.optimize import build_lms, optimize
 
-    s = _settings(args.out, mode=args.mode, optimizer=args.optimizer,
-                  train_split=args.train_split)
+    s = _settings(args.out, mode=args.mode, optimizer=args.optimizer, train_split=args.train_split)
     rows = []
     for run in (1, 2):
         lms = build_lms(s)
@@ -159,23 +173,28 @@ def warm(args: argparse.Namespace) -> dict[str, Any]:
         wall = time.monotonic() - t0
         assert res.record is not None
         u = res.record.lm_usage
-        rows.append({"run": run, "lm_calls": sum(x.calls for x in u),
-                     "new_lm_calls": sum(x.calls - x.cached for x in u),
-                     "wall_s": round(wall, 2)})
+        rows.append(
+            {
+                "run": run,
+                "lm_calls": sum(x.calls for x in u),
+                "new_lm_calls": sum(x.calls - x.cached for x in u),
+                "wall_s": round(wall, 2),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return {"warm": rows, "optimizer": args.optimizer}
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--train-split", type=float, default=0.5)
     p.add_argument("--mode", default="next_action", choices=["plan", "next_action"])
     sub = p.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("quality")
-    q.add_argument("--optimizers", nargs="+",
-                   default=["BootstrapFewShot", "MIPROv2", "GEPA"])
+    q.add_argument("--optimizers", nargs="+", default=["BootstrapFewShot", "MIPROv2", "GEPA"])
     q.add_argument("--auto", default="light")
     q.add_argument("--trials", type=int, default=6)
     q.add_argument("--bootstrapped", type=int, default=3)

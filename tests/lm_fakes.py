@@ -41,10 +41,13 @@ class SchemaEngine:
     supports_reasoning = False
     supported_params = frozenset({"temperature", "max_tokens", "response_format", "seed"})
 
-    def __init__(self, pick: Callable[[list[Any]], Any] | None = None,
-                 interrupt_after: int | None = None,
-                 chooser: Callable[[Any, list[Any]], Any] | None = None,
-                 fail_on: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self,
+        pick: Callable[[list[Any]], Any] | None = None,
+        interrupt_after: int | None = None,
+        chooser: Callable[[Any, list[Any]], Any] | None = None,
+        fail_on: frozenset[int] = frozenset(),
+    ) -> None:
         self.fail_on = fail_on
         self.pick = pick or (lambda values: values[0])
         self.chooser = chooser
@@ -72,9 +75,13 @@ class SchemaEngine:
             chooser = self.chooser
             pick = lambda values: chooser(request, values)  # noqa: E731
         value = fill(schema, schema.get("$defs", {}), pick) if schema else {}
-        return Response(id=f"fake-{n}", model=request.model,
-                        message=Message.assistant(json.dumps(value)),
-                        finish_reason="stop", usage=Usage(input_tokens=100, output_tokens=10))
+        return Response(
+            id=f"fake-{n}",
+            model=request.model,
+            message=Message.assistant(json.dumps(value)),
+            finish_reason="stop",
+            usage=Usage(input_tokens=100, output_tokens=10),
+        )
 
 
 def schema_lm(engine: SchemaEngine, name: str = "fake") -> Any:

@@ -445,8 +445,10 @@ def test_collected_problems_do_not_stop_the_run(tmp_path: Path, db: Path) -> Non
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None,
-                    reason="node and npm are needed to install OpenCode")
+@pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("npm") is None,
+    reason="node and npm are needed to install OpenCode",
+)
 def test_collect_while_real_opencode_runs(tmp_path: Path) -> None:
     import socket
     import subprocess

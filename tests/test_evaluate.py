@@ -75,11 +75,21 @@ def test_ci_is_reproducible_and_narrows_with_confidence() -> None:
 
 def ex(i: int, calls: list[tuple[str, str]]) -> Example:
     return Example(
-        id=f"ses_{i}/0", session_id=f"ses_{i}", turn_index=0, source="s.json",
-        source_format="plugin", task=f"Task number {i}", context="project: /p", history="",
-        actions=[ExampleAction(step=k + 1, tool=t, target=x, success=True, result="ok")
-                 for k, (t, x) in enumerate(calls)],
-        response="Done.", success=True)
+        id=f"ses_{i}/0",
+        session_id=f"ses_{i}",
+        turn_index=0,
+        source="s.json",
+        source_format="plugin",
+        task=f"Task number {i}",
+        context="project: /p",
+        history="",
+        actions=[
+            ExampleAction(step=k + 1, tool=t, target=x, success=True, result="ok")
+            for k, (t, x) in enumerate(calls)
+        ],
+        response="Done.",
+        success=True,
+    )
 
 
 def settings_for(tmp_path: Path) -> Settings:
@@ -129,7 +139,8 @@ def test_evaluate_report_compares_baseline_and_optimized(tmp_path: Path) -> None
     assert r.worse == 1 and r.improved == 3
     # Overall and components are means of the per-example results.
     assert r.baseline.score == pytest.approx(
-        sum(x.baseline for x in r.results) / len(r.results), abs=0.01)
+        sum(x.baseline for x in r.results) / len(r.results), abs=0.01
+    )
     assert r.difference.mean == pytest.approx(r.optimized.score - r.baseline.score, abs=0.02)
     assert r.components_difference["success"] > 0
     assert r.difference.ci_low <= r.difference.mean <= r.difference.ci_high
@@ -173,7 +184,8 @@ def _write_config(tmp_path: Path, s: Settings) -> Path:
         "  teacher: {provider: local, model: smollm2-135m, api_key_env: null}\n"
         "optimization:\n  optimizer: BootstrapFewShot\n  program: next_action\n"
         "  max_bootstrapped_demos: 0\n  max_labeled_demos: 2\n"
-        f"outputs:\n  dir: {tmp_path / 'outputs'}\n  cache_dir: {tmp_path / 'cache'}\n")
+        f"outputs:\n  dir: {tmp_path / 'outputs'}\n  cache_dir: {tmp_path / 'cache'}\n"
+    )
     return cfg
 
 
@@ -211,8 +223,20 @@ def test_cli_dry_run_and_preflight_errors(tmp_path: Path) -> None:
     plan = json.loads(r.stdout)
     assert plan["optimizer"] == "BootstrapFewShot" and plan["calls"][0]["cost"] == 0.0
     assert not (tmp_path / "outputs" / "programs").exists()
-    r = runner.invoke(app, ["optimize", "--config", str(cfg), "--optimizer", "GEPA",
-                            "--auto", "none", "--trials", "1"])
+    r = runner.invoke(
+        app,
+        [
+            "optimize",
+            "--config",
+            str(cfg),
+            "--optimizer",
+            "GEPA",
+            "--auto",
+            "none",
+            "--trials",
+            "1",
+        ],
+    )
     assert r.exit_code == 2
     assert "GEPA's budget" in r.output and "hint: use --auto light" in r.output
     r = runner.invoke(app, ["optimize", "--config", str(cfg), "--auto", "huge"])
@@ -229,8 +253,9 @@ def test_cli_ctrl_c_exit_code_and_message(tmp_path: Path, monkeypatch: pytest.Mo
     cfg = _write_config(tmp_path, s)
     lm = schema_lm(SchemaEngine(interrupt_after=1))
     monkeypatch.setattr(ocdspy.optimize, "build_lms", lambda *a, **k: LMs(target=lm, teacher=lm))
-    (tmp_path / "cfg2.yaml").write_text(cfg.read_text().replace(
-        "max_bootstrapped_demos: 0", "max_bootstrapped_demos: 2"))
+    (tmp_path / "cfg2.yaml").write_text(
+        cfg.read_text().replace("max_bootstrapped_demos: 0", "max_bootstrapped_demos: 2")
+    )
     r = CliRunner().invoke(app, ["optimize", "--config", str(tmp_path / "cfg2.yaml")])
     assert r.exit_code == 130
     assert "interrupted" in r.output and "to resume: re-run" in r.output

@@ -23,8 +23,11 @@ from ocdspy.metric import (
 )
 
 GOLD_PLAN = {
-    "plan": [{"tool": "read", "target": "src/x.py"}, {"tool": "edit", "target": "src/x.py"},
-             {"tool": "bash", "target": "pytest -q"}],
+    "plan": [
+        {"tool": "read", "target": "src/x.py"},
+        {"tool": "edit", "target": "src/x.py"},
+        {"tool": "bash", "target": "pytest -q"},
+    ],
     "response": "Fixed the rounding bug in src/x.py; the tests pass.",
 }
 
@@ -34,15 +37,20 @@ def pred_plan(calls: list[tuple[str, str]], response: str = "") -> dict:
 
 
 def test_exact_plan_scores_one_everywhere() -> None:
-    s = score_prediction(GOLD_PLAN, pred_plan(
-        [("read", "src/x.py"), ("edit", "src/x.py"), ("bash", "pytest -q")],
-        "Fixed the rounding bug in src/x.py; the tests pass."))
+    s = score_prediction(
+        GOLD_PLAN,
+        pred_plan(
+            [("read", "src/x.py"), ("edit", "src/x.py"), ("bash", "pytest -q")],
+            "Fixed the rounding bug in src/x.py; the tests pass.",
+        ),
+    )
     assert s == MetricScores(success=1.0, efficiency=1.0, correctness=1.0)
 
 
 def test_order_matters_for_success_not_for_correctness() -> None:
-    swapped = score_prediction(GOLD_PLAN, pred_plan(
-        [("edit", "src/x.py"), ("read", "src/x.py"), ("bash", "pytest -q")]))
+    swapped = score_prediction(
+        GOLD_PLAN, pred_plan([("edit", "src/x.py"), ("read", "src/x.py"), ("bash", "pytest -q")])
+    )
     # LCS keeps two of the three calls aligned.
     assert swapped.success == pytest.approx(2 / 3)
     assert swapped.efficiency == 1.0
@@ -51,8 +59,10 @@ def test_order_matters_for_success_not_for_correctness() -> None:
 
 
 def test_right_tool_wrong_target_gets_half_credit() -> None:
-    s = score_prediction({"plan": [{"tool": "read", "target": "src/x.py"}], "response": ""},
-                         pred_plan([("read", "docs/other.md")]))
+    s = score_prediction(
+        {"plan": [{"tool": "read", "target": "src/x.py"}], "response": ""},
+        pred_plan([("read", "docs/other.md")]),
+    )
     assert s.success == pytest.approx(0.5)
     assert s.correctness == 0.0
 
@@ -62,8 +72,10 @@ def test_extra_and_repeated_calls_cost_efficiency() -> None:
     two_extra = score_prediction(gold, pred_plan([("read", "a.py"), ("grep", "x"), ("glob", "*")]))
     assert two_extra.efficiency == pytest.approx(1 / 3)
     assert two_extra.success == pytest.approx(1 / 3)  # divided by the longer sequence
-    repeat = score_prediction({"plan": GOLD_PLAN["plan"], "response": ""},
-                              pred_plan([("read", "src/x.py"), ("read", "src/x.py")]))
+    repeat = score_prediction(
+        {"plan": GOLD_PLAN["plan"], "response": ""},
+        pred_plan([("read", "src/x.py"), ("read", "src/x.py")]),
+    )
     assert repeat.efficiency == pytest.approx(3 / 4)  # 3 needed, 1 wasted (a repeat)
     assert score_prediction(gold, pred_plan([])).efficiency == 1.0  # fewer is never wasteful
 
@@ -78,8 +90,9 @@ def test_empty_gold_plan() -> None:
 
 def test_weighted_uses_weights() -> None:
     s = MetricScores(success=1.0, efficiency=0.0, correctness=0.5)
-    assert s.weighted(MetricWeights(success=0.5, efficiency=0.3, correctness=0.2)) == \
-        pytest.approx(0.6)
+    assert s.weighted(MetricWeights(success=0.5, efficiency=0.3, correctness=0.2)) == pytest.approx(
+        0.6
+    )
     assert s.weighted(MetricWeights(success=0, efficiency=1, correctness=0)) == 0.0
     assert s.weighted(MetricWeights(success=2, efficiency=0, correctness=2)) == pytest.approx(0.75)
 
@@ -114,8 +127,11 @@ def test_as_calls_accepts_models_dicts_and_strings() -> None:
             self.tool, self.target = tool, target
 
     calls = as_calls([Obj("Read", "a.py"), {"tool": "edit", "target": "a.py"}, "bash  ls", None])
-    assert [(c.tool, c.target) for c in calls] == [("read", "a.py"), ("edit", "a.py"),
-                                                   ("bash", "ls")]
+    assert [(c.tool, c.target) for c in calls] == [
+        ("read", "a.py"),
+        ("edit", "a.py"),
+        ("bash", "ls"),
+    ]
     assert as_calls("read a\nedit b")[1].tool == "edit"
     assert as_calls(42) == []
 
@@ -124,14 +140,18 @@ def test_as_calls_accepts_models_dicts_and_strings() -> None:
 
 
 def step(tool: str, target: str, done: list[tuple[str, str]] | None = None) -> dict:
-    return {"tool": tool, "target": target,
-            "done": [{"tool": t, "target": x} for t, x in done or []]}
+    return {
+        "tool": tool,
+        "target": target,
+        "done": [{"tool": t, "target": x} for t, x in done or []],
+    }
 
 
 def test_next_action_exact_and_partial() -> None:
     gold = step("edit", "src/x.py", [("read", "src/x.py")])
-    assert score_prediction(gold, {"tool": "edit", "target": "src/x.py"}) == \
-        MetricScores(success=1, efficiency=1, correctness=1)
+    assert score_prediction(gold, {"tool": "edit", "target": "src/x.py"}) == MetricScores(
+        success=1, efficiency=1, correctness=1
+    )
     wrong_tool = score_prediction(gold, {"tool": "read", "target": "src/x.py"})
     assert wrong_tool.success == 0.0
     assert wrong_tool.correctness == 1.0  # right file
@@ -163,26 +183,35 @@ def test_agent_metric_threshold_when_bootstrapping() -> None:
 
 def test_gepa_feedback_names_expected_and_got() -> None:
     m = AgentMetric()
-    fb = m.feedback(step("edit", "src/x.py"), {"tool": "bash", "target": "sed -i s/a/b/ src/x.py"},
-                    None, "step", None)
-    assert fb.score == pytest.approx(m(step("edit", "src/x.py"),
-                                       {"tool": "bash", "target": "sed -i s/a/b/ src/x.py"}))
+    fb = m.feedback(
+        step("edit", "src/x.py"),
+        {"tool": "bash", "target": "sed -i s/a/b/ src/x.py"},
+        None,
+        "step",
+        None,
+    )
+    assert fb.score == pytest.approx(
+        m(step("edit", "src/x.py"), {"tool": "bash", "target": "sed -i s/a/b/ src/x.py"})
+    )
     assert "expected `edit` on `src/x.py`, got `bash` `sed -i s/a/b/ src/x.py`" in fb.feedback
     text = feedback_text(GOLD_PLAN, pred_plan([("read", "src/x.py"), ("bash", "sed -i x")]))
     assert "step 2: expected `edit` on `src/x.py`" in text
     assert "final response should say" in text
     assert feedback_text(step("finish", "ok"), {"tool": "finish", "target": "ok"}).startswith(
-        "correct")
+        "correct"
+    )
 
 
 def test_load_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "mymetrics.py").write_text(textwrap.dedent("""
+    (tmp_path / "mymetrics.py").write_text(
+        textwrap.dedent("""
         def exact(example, prediction, trace=None):
             return float(example["tool"] == prediction["tool"])
         def two_args(example, prediction):
             return 1.0
         NOT_CALLABLE = 3
-    """))
+    """)
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.delitem(sys.modules, "mymetrics", raising=False)
     fn = load_metric("mymetrics:exact")

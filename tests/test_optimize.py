@@ -27,8 +27,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from lm_fakes import SchemaEngine, schema_lm
 
 TASKS = [
-    ("Fix the failing totals test", [("read", "src/totals.py"), ("edit", "src/totals.py"),
-                                     ("bash", "pytest -q")]),
+    (
+        "Fix the failing totals test",
+        [("read", "src/totals.py"), ("edit", "src/totals.py"), ("bash", "pytest -q")],
+    ),
     ("Bump the version", [("grep", "version"), ("edit", "pyproject.toml")]),
     ("Where is the config loaded?", [("grep", "load_config"), ("read", "src/config.py")]),
     ("Add a changelog", [("bash", "git log --oneline"), ("write", "CHANGELOG.md")]),
@@ -48,11 +50,21 @@ def _dspy_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def example(i: int) -> Example:
     task, calls = TASKS[i % len(TASKS)]
     return Example(
-        id=f"ses_{i}/0", session_id=f"ses_{i}", turn_index=0, source="s.json",
-        source_format="plugin", task=task, context="project: /p (python)", history="",
-        actions=[ExampleAction(step=k + 1, tool=t, target=x, success=True, result="ok")
-                 for k, (t, x) in enumerate(calls)],
-        response=f"Done: {task.lower()}.", success=True)
+        id=f"ses_{i}/0",
+        session_id=f"ses_{i}",
+        turn_index=0,
+        source="s.json",
+        source_format="plugin",
+        task=task,
+        context="project: /p (python)",
+        history="",
+        actions=[
+            ExampleAction(step=k + 1, tool=t, target=x, success=True, result="ok")
+            for k, (t, x) in enumerate(calls)
+        ],
+        response=f"Done: {task.lower()}.",
+        success=True,
+    )
 
 
 def make_settings(tmp_path: Path, n_train: int = 6, n_val: int = 4, **opt: object) -> Settings:
@@ -78,8 +90,9 @@ def fake_lms(engine: SchemaEngine) -> LMs:
 
 
 def test_bootstrap_fewshot_saves_program_and_record(tmp_path: Path) -> None:
-    s = make_settings(tmp_path, optimizer="BootstrapFewShot", max_bootstrapped_demos=2,
-                      max_labeled_demos=2)
+    s = make_settings(
+        tmp_path, optimizer="BootstrapFewShot", max_bootstrapped_demos=2, max_labeled_demos=2
+    )
     engine = SchemaEngine(pick=lambda v: "edit" if "edit" in v else v[0])
     res = optimize(s, lms=fake_lms(engine), name="t1")
     assert res.program_path == s.outputs.programs_dir / "t1.json"
@@ -159,8 +172,9 @@ def test_ctrl_c_before_any_score_saves_no_program(tmp_path: Path) -> None:
 
 def test_dry_run_spends_nothing(tmp_path: Path) -> None:
     s = make_settings(tmp_path, optimizer="MIPROv2", auto_mode="light")
-    s.models.teacher = ModelSettings(provider="openai", model="gpt-4o-mini",
-                                     api_key_env="OPENAI_API_KEY")
+    s.models.teacher = ModelSettings(
+        provider="openai", model="gpt-4o-mini", api_key_env="OPENAI_API_KEY"
+    )
     engine = SchemaEngine()
     res = optimize(s, lms=fake_lms(engine), dry_run=True, name="dry")
     assert engine.calls == 0
@@ -196,8 +210,9 @@ def test_plan_numbers_follow_the_optimizer(tmp_path: Path) -> None:
         ("COPRO", 1, 0, DataError, "at least 2"),
     ],
 )
-def test_preflight_says_what_to_change(tmp_path: Path, optimizer: str, n_fit: int, n_sel: int,
-                                       error: type[Exception], match: str) -> None:
+def test_preflight_says_what_to_change(
+    tmp_path: Path, optimizer: str, n_fit: int, n_sel: int, error: type[Exception], match: str
+) -> None:
     s = make_settings(tmp_path, optimizer=optimizer)
     with pytest.raises(error) as info:
         preflight(s, n_fit=n_fit, n_sel=n_sel)
@@ -206,16 +221,23 @@ def test_preflight_says_what_to_change(tmp_path: Path, optimizer: str, n_fit: in
 
 def test_preflight_gepa_budget_and_empty_demos(tmp_path: Path) -> None:
     s = make_settings(tmp_path, optimizer="GEPA", auto_mode=None, num_trials=1)
-    with pytest.raises(ConfigError, match="GEPA's budget of 40 metric calls leaves room for 1 ") \
-            as info:
+    with pytest.raises(
+        ConfigError, match="GEPA's budget of 40 metric calls leaves room for 1 "
+    ) as info:
         preflight(s, n_fit=10, n_sel=30)
     assert "--auto light, or --trials 2 or more" in str(info.value)
     s.optimization.num_trials = 2
     preflight(s, n_fit=10, n_sel=30)
-    preflight(s.model_copy(update={"optimization": s.optimization.model_copy(
-        update={"auto_mode": "light"})}), n_fit=1, n_sel=39)
-    s2 = make_settings(tmp_path, optimizer="BootstrapFewShot", max_bootstrapped_demos=0,
-                       max_labeled_demos=0)
+    preflight(
+        s.model_copy(
+            update={"optimization": s.optimization.model_copy(update={"auto_mode": "light"})}
+        ),
+        n_fit=1,
+        n_sel=39,
+    )
+    s2 = make_settings(
+        tmp_path, optimizer="BootstrapFewShot", max_bootstrapped_demos=0, max_labeled_demos=0
+    )
     with pytest.raises(ConfigError, match="changes nothing"):
         preflight(s2, n_fit=10, n_sel=0)
     s3 = make_settings(tmp_path, optimizer="SIMBA")
@@ -271,11 +293,13 @@ def test_tracker_prefers_fully_scored_candidates() -> None:
     assert trials[1].score == pytest.approx(92.5)
 
 
-@pytest.mark.parametrize("optimizer", ["MIPROv2", "GEPA", "COPRO", "SIMBA",
-                                       "BootstrapFewShotWithRandomSearch"])
+@pytest.mark.parametrize(
+    "optimizer", ["MIPROv2", "GEPA", "COPRO", "SIMBA", "BootstrapFewShotWithRandomSearch"]
+)
 def test_every_optimizer_runs_end_to_end(tmp_path: Path, optimizer: str) -> None:
-    s = make_settings(tmp_path, n_train=10, n_val=3, optimizer=optimizer, auto_mode=None,
-                      num_trials=3)
+    s = make_settings(
+        tmp_path, n_train=10, n_val=3, optimizer=optimizer, auto_mode=None, num_trials=3
+    )
     engine = SchemaEngine()
     res = optimize(s, lms=fake_lms(engine), name="any")
     rec = res.record

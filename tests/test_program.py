@@ -26,26 +26,50 @@ def _dspy_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "dspy_cache"))
 
 
-def make_example(i: int = 0, *, tools: list[tuple[str, str]] | None = None,
-                 task: str = "Fix the failing test", response: str = "Fixed it.") -> Example:
-    calls = tools if tools is not None else [("read", "src/a.py"), ("edit", "src/a.py"),
-                                             ("bash", "pytest -q")]
+def make_example(
+    i: int = 0,
+    *,
+    tools: list[tuple[str, str]] | None = None,
+    task: str = "Fix the failing test",
+    response: str = "Fixed it.",
+) -> Example:
+    calls = (
+        tools
+        if tools is not None
+        else [("read", "src/a.py"), ("edit", "src/a.py"), ("bash", "pytest -q")]
+    )
     return Example(
-        id=f"ses_{i}/0", session_id=f"ses_{i}", turn_index=0, source="x.json",
-        source_format="plugin", task=task, context="project: /p (python, 3 files)",
+        id=f"ses_{i}/0",
+        session_id=f"ses_{i}",
+        turn_index=0,
+        source="x.json",
+        source_format="plugin",
+        task=task,
+        context="project: /p (python, 3 files)",
         history="user: hello\nassistant: hi",
-        actions=[ExampleAction(step=k + 1, tool=t, target=x, args={}, success=True,
-                               result=f"line one of {x}\nline two")
-                 for k, (t, x) in enumerate(calls)],
-        response=response, success=True)
+        actions=[
+            ExampleAction(
+                step=k + 1,
+                tool=t,
+                target=x,
+                args={},
+                success=True,
+                result=f"line one of {x}\nline two",
+            )
+            for k, (t, x) in enumerate(calls)
+        ],
+        response=response,
+        success=True,
+    )
 
 
 def test_available_tools_adds_custom_tools_once() -> None:
-    ex = make_example(tools=[("read", "a"), ("mcp_search", "q"), ("mcp_search", "r"),
-                             ("webfetch", "u")])
+    ex = make_example(
+        tools=[("read", "a"), ("mcp_search", "q"), ("mcp_search", "r"), ("webfetch", "u")]
+    )
     tools = available_tools([ex])
     assert tools[: len(CORE_TOOLS)] == list(CORE_TOOLS)
-    assert tools[len(CORE_TOOLS):] == ["mcp_search", "webfetch"]
+    assert tools[len(CORE_TOOLS) :] == ["mcp_search", "webfetch"]
     assert "todowrite" not in tools and "todowrite" in BUILTIN_TOOLS
     assert FINISH not in tools
 
@@ -75,7 +99,11 @@ def test_next_action_examples_one_per_step_plus_finish() -> None:
     ex = make_example()
     items = to_dspy_examples([ex], "next_action", available_tools())
     assert [(d.tool, d.target) for d in items] == [
-        ("read", "src/a.py"), ("edit", "src/a.py"), ("bash", "pytest -q"), (FINISH, "Fixed it.")]
+        ("read", "src/a.py"),
+        ("edit", "src/a.py"),
+        ("bash", "pytest -q"),
+        (FINISH, "Fixed it."),
+    ]
     assert set(items[0].inputs().keys()) == set(NEXT_ACTION_INPUTS)
     assert [c["target"] for c in items[2].done] == ["src/a.py", "src/a.py"]
     assert "2. edit src/a.py" in items[2].progress
@@ -99,8 +127,9 @@ def test_signature_constrains_tools_to_an_enum() -> None:
     from ocdspy.program.agent import next_action_signature, plan_signature
 
     sig = next_action_signature(["read", "edit"])
-    model = pydantic.create_model("Out", **{n: (f.annotation, ...)
-                                            for n, f in sig.output_fields.items()})
+    model = pydantic.create_model(
+        "Out", **{n: (f.annotation, ...) for n, f in sig.output_fields.items()}
+    )
     schema = model.model_json_schema()
     assert schema["properties"]["tool"]["enum"] == ["read", "edit", FINISH]
     plan = plan_signature(["read"])
@@ -139,15 +168,16 @@ def test_demo_pool_shows_the_most_similar_demos() -> None:
     from ocdspy.program.agent import build_program, to_dspy_examples
 
     tools = available_tools()
-    pool = (to_dspy_examples([make_example(1, task="Bump the version in pyproject")], "plan",
-                             tools)
-            + to_dspy_examples([make_example(2, task="Write a changelog")], "plan", tools)
-            + to_dspy_examples([make_example(3, task="Fix the failing test in totals")], "plan",
-                               tools))
+    pool = (
+        to_dspy_examples([make_example(1, task="Bump the version in pyproject")], "plan", tools)
+        + to_dspy_examples([make_example(2, task="Write a changelog")], "plan", tools)
+        + to_dspy_examples([make_example(3, task="Fix the failing test in totals")], "plan", tools)
+    )
     prog = build_program("plan", tools, demos_shown=2)
     prog.step.demos = pool
-    query = to_dspy_examples([make_example(9, task="Fix the failing totals test")], "plan",
-                             tools)[0]
+    query = to_dspy_examples([make_example(9, task="Fix the failing totals test")], "plan", tools)[
+        0
+    ]
     picked = prog._pick_demos(query.inputs())
     assert len(picked) == 2
     assert picked[-1].task == "Fix the failing test in totals"
@@ -179,7 +209,9 @@ def test_next_action_demos_are_chosen_by_state() -> None:
     assert similarity(query, after_edit) > similarity(query, fresh)
     import dspy
 
-    prog.step.demos = [dspy.Example(**d, context="", tools="", tool="edit", target="x")
-                       for d in (fresh, after_edit, after_read)]
+    prog.step.demos = [
+        dspy.Example(**d, context="", tools="", tool="edit", target="x")
+        for d in (fresh, after_edit, after_read)
+    ]
     (picked,) = prog._pick_demos(query)
     assert picked.task == "Rename foo"

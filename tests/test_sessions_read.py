@@ -244,5 +244,4 @@ def test_same_session_from_another_origin_is_only_a_warning(tmp_path: Path) -> N
     (tmp_path / "b-collected.json").write_text(json.dumps(collected))
     sessions, problems = read_all([tmp_path])
     assert [s.file.name for s in sessions] == ["a-plugin.json"]
-    assert [(Path(p.file).name, p.severity) for p in problems] == [("b-collected.json",
-                                                                    "warning")]
+    assert [(Path(p.file).name, p.severity) for p in problems] == [("b-collected.json", "warning")]

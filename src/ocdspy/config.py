@@ -106,8 +106,10 @@ class OptimizationSettings(_Section):
     metric: str | None = Field(None, description="Custom metric as package.module:function.")
     program: Literal["plan", "next_action"] = "next_action"
     demos_shown: int = Field(
-        3, ge=0, description="Demos shown per call, picked from the optimized pool by "
-        "similarity to the input (0: show every demo)."
+        3,
+        ge=0,
+        description="Demos shown per call, picked from the optimized pool by "
+        "similarity to the input (0: show every demo).",
     )
     num_threads: int = Field(1, ge=1)
     max_errors: int = Field(10, ge=0)
@@ -233,8 +235,10 @@ def _env_values(environ: dict[str, str]) -> dict[str, tuple[Any, str]]:
     out: dict[str, tuple[Any, str]] = {}
     for name, value in environ.items():
         # OCDSPY_CONFIG names the file; OCDSPY_TEST_* belong to the test suite.
-        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG" or name.startswith(
-            f"{ENV_PREFIX}TEST_"
+        if (
+            not name.startswith(ENV_PREFIX)
+            or name == f"{ENV_PREFIX}CONFIG"
+            or name.startswith(f"{ENV_PREFIX}TEST_")
         ):
             continue
         dotted = name[len(ENV_PREFIX) :].lower().replace(ENV_NESTED, ".")

@@ -164,18 +164,28 @@ def resolve_program(settings: Settings, program: str | Path | None) -> Path:
     """A name in programs_dir, a path, or (None) the newest program there."""
     pdir = settings.outputs.programs_dir
     if program is None:
-        found = sorted((p for p in pdir.glob("*.json") if not p.name.endswith(RUN_SUFFIX)),
-                       key=lambda p: p.stat().st_mtime) if pdir.is_dir() else []
+        found = (
+            sorted(
+                (p for p in pdir.glob("*.json") if not p.name.endswith(RUN_SUFFIX)),
+                key=lambda p: p.stat().st_mtime,
+            )
+            if pdir.is_dir()
+            else []
+        )
         if not found:
-            raise DataError(f"no optimized program in {pdir}",
-                            hint="run `ocdspy optimize` first, or name a program file")
+            raise DataError(
+                f"no optimized program in {pdir}",
+                hint="run `ocdspy optimize` first, or name a program file",
+            )
         return found[-1]
     p = Path(program)
     for cand in (p, pdir / p, pdir / f"{p}.json"):
         if cand.is_file():
             return cand
-    raise DataError(f"program {program!r} not found (looked in {pdir})",
-                    hint="give a path, or a name from `ls " + str(pdir) + "`")
+    raise DataError(
+        f"program {program!r} not found (looked in {pdir})",
+        hint="give a path, or a name from `ls " + str(pdir) + "`",
+    )
 
 
 def _record_for(path: Path) -> RunRecord | None:
@@ -192,8 +202,13 @@ def _record_for(path: Path) -> RunRecord | None:
 # The stage
 
 
-def _run(program: Any, devset: list[Any], metric: Callable[..., Any], settings: Settings,
-         tick: Callable[[], None] | None) -> list[tuple[Any, Any, float]]:
+def _run(
+    program: Any,
+    devset: list[Any],
+    metric: Callable[..., Any],
+    settings: Settings,
+    tick: Callable[[], None] | None,
+) -> list[tuple[Any, Any, float]]:
     import dspy
 
     def counted(example: Any, pred: Any, trace: Any = None) -> float:
@@ -202,17 +217,24 @@ def _run(program: Any, devset: list[Any], metric: Callable[..., Any], settings: 
             tick()
         return float(getattr(value, "score", value) or 0.0)
 
-    ev = dspy.Evaluate(devset=devset, metric=counted,
-                       num_threads=settings.optimization.num_threads,
-                       display_progress=False, display_table=False,
-                       max_errors=max(settings.optimization.max_errors, 1), failure_score=0.0,
-                       provide_traceback=False)
+    ev = dspy.Evaluate(
+        devset=devset,
+        metric=counted,
+        num_threads=settings.optimization.num_threads,
+        display_progress=False,
+        display_table=False,
+        max_errors=max(settings.optimization.max_errors, 1),
+        failure_score=0.0,
+        provide_traceback=False,
+    )
     try:
         res = ev(program)
     except Exception as e:
-        raise ModelError(f"evaluation stopped: {type(e).__name__}: {e}",
-                         hint="check the model settings; raise optimization.max_errors to "
-                              "tolerate more failed calls") from e
+        raise ModelError(
+            f"evaluation stopped: {type(e).__name__}: {e}",
+            hint="check the model settings; raise optimization.max_errors to "
+            "tolerate more failed calls",
+        ) from e
     return [(ex, pred, float(score)) for ex, pred, score in res.results]
 
 
@@ -241,13 +263,17 @@ def evaluate(
     try:
         optimized.load(str(path))
     except Exception as e:
-        raise DataError(f"{path}: not a saved {mode} program ({type(e).__name__}: {e})",
-                        hint="evaluate a file written by `ocdspy optimize`") from None
+        raise DataError(
+            f"{path}: not a saved {mode} program ({type(e).__name__}: {e})",
+            hint="evaluate a file written by `ocdspy optimize`",
+        ) from None
     baseline = build_program(mode, tools, demos_shown=demos_shown)
     devset = to_dspy_examples(splits.val, mode, tools)
     if not devset:
-        raise DataError("the validation split gives no examples to score",
-                        hint="lower data.train_split and re-run `ocdspy split`")
+        raise DataError(
+            "the validation split gives no examples to score",
+            hint="lower data.train_split and re-run `ocdspy split`",
+        )
     metric, _, metric_desc = resolve_metric(settings)
     if lms is None:
         lms = build_lms(settings, needs_teacher=False)
@@ -255,8 +281,10 @@ def evaluate(
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
     runs: dict[str, list[tuple[Any, Any, float]]] = {}
-    with quiet(), dspy.context(lm=lms.target, adapter=dspy.JSONAdapter(),
-                               max_history_size=1_000_000):
+    with (
+        quiet(),
+        dspy.context(lm=lms.target, adapter=dspy.JSONAdapter(), max_history_size=1_000_000),
+    ):
         for side, prog in (("baseline", baseline), ("optimized", optimized)):
             done = [0]
 
@@ -270,11 +298,11 @@ def evaluate(
 
     plan = mode == "plan"
     results: list[ExampleResult] = []
-    side_comp: dict[str, dict[str, list[float]]] = {s: {c: [] for c in COMPONENTS}
-                                                      for s in runs}
+    side_comp: dict[str, dict[str, list[float]]] = {s: {c: [] for c in COMPONENTS} for s in runs}
     errors = {s: 0 for s in runs}
-    for (ex, bpred, bscore), (_, opred, oscore) in zip(runs["baseline"], runs["optimized"],
-                                                       strict=True):
+    for (ex, bpred, bscore), (_, opred, oscore) in zip(
+        runs["baseline"], runs["optimized"], strict=True
+    ):
         comps = {}
         for side, pred in (("baseline", bpred), ("optimized", opred)):
             if pred is None or not dict(pred.items() if hasattr(pred, "items") else {}):
@@ -284,19 +312,28 @@ def evaluate(
             for c in COMPONENTS:
                 side_comp[side][c].append(100 * sc[c])
         gold = _show(ex, plan) if plan else f"{ex.tool} {str(ex.target)[:160]}"
-        results.append(ExampleResult(
-            id=str(ex.get("example_id", "")), session_id=str(ex.get("session_id", "")),
-            expected=gold, baseline_output=_show(bpred, plan), optimized_output=_show(opred, plan),
-            baseline=round(100 * bscore, 2), optimized=round(100 * oscore, 2),
-            delta=round(100 * (oscore - bscore), 2),
-            baseline_components=comps["baseline"], optimized_components=comps["optimized"]))
+        results.append(
+            ExampleResult(
+                id=str(ex.get("example_id", "")),
+                session_id=str(ex.get("session_id", "")),
+                expected=gold,
+                baseline_output=_show(bpred, plan),
+                optimized_output=_show(opred, plan),
+                baseline=round(100 * bscore, 2),
+                optimized=round(100 * oscore, 2),
+                delta=round(100 * (oscore - bscore), 2),
+                baseline_components=comps["baseline"],
+                optimized_components=comps["optimized"],
+            )
+        )
 
     def side_scores(side: str) -> SideScores:
         scores = [r for _, _, r in runs[side]]
         return SideScores(
             score=round(100 * sum(scores) / len(scores), 2),
             components={c: round(sum(v) / len(v), 2) for c, v in side_comp[side].items()},
-            errors=errors[side])
+            errors=errors[side],
+        )
 
     b, o = side_scores("baseline"), side_scores("optimized")
     deltas = [r.delta for r in results]
@@ -306,22 +343,40 @@ def evaluate(
     worse = sorted((r for r in results if r.delta < 0), key=lambda r: r.delta)
     name = path.name[: -len(".json")]
     report = Report(
-        name=name, program_path=str(path), program=mode,
-        optimizer=record.optimizer if record else None, metric=metric_desc,
+        name=name,
+        program_path=str(path),
+        program=mode,
+        optimizer=record.optimizer if record else None,
+        metric=metric_desc,
         model=f"{settings.models.target.provider}/{settings.models.target.model}",
-        val={"path": splits.refs["val"].path, "sha256": splits.refs["val"].sha256,
-             "turns": len(splits.val), "examples": len(devset)},
-        examples_scored=len(results), baseline=b, optimized=o,
-        difference=Difference(mean=round(mean, 2), ci_low=round(lo, 2), ci_high=round(hi, 2),
-                              confidence=confidence, resamples=resamples,
-                              unit="sessions" if len(set(groups)) > 1 else "examples",
-                              significant=lo > 0 or hi < 0),
-        components_difference={c: round(o.components[c] - b.components[c], 2)
-                               for c in COMPONENTS},
-        improved=sum(d > 0 for d in deltas), worse=len(worse),
-        unchanged=sum(d == 0 for d in deltas), worse_examples=worse[:WORSE_SHOWN],
-        results=results, lm_usage=[usage_since(lms.target, start, "target")],
-        started=started.isoformat(), duration_s=round(duration, 3))
+        val={
+            "path": splits.refs["val"].path,
+            "sha256": splits.refs["val"].sha256,
+            "turns": len(splits.val),
+            "examples": len(devset),
+        },
+        examples_scored=len(results),
+        baseline=b,
+        optimized=o,
+        difference=Difference(
+            mean=round(mean, 2),
+            ci_low=round(lo, 2),
+            ci_high=round(hi, 2),
+            confidence=confidence,
+            resamples=resamples,
+            unit="sessions" if len(set(groups)) > 1 else "examples",
+            significant=lo > 0 or hi < 0,
+        ),
+        components_difference={c: round(o.components[c] - b.components[c], 2) for c in COMPONENTS},
+        improved=sum(d > 0 for d in deltas),
+        worse=len(worse),
+        unchanged=sum(d == 0 for d in deltas),
+        worse_examples=worse[:WORSE_SHOWN],
+        results=results,
+        lm_usage=[usage_since(lms.target, start, "target")],
+        started=started.isoformat(),
+        duration_s=round(duration, 3),
+    )
     rdir = settings.outputs.reports_dir
     json_path, md_path = rdir / f"{name}.json", rdir / f"{name}.md"
     write_model_atomic(json_path, report)
@@ -350,8 +405,10 @@ def render_markdown(r: Report) -> str:
         f"{d.mean:+.1f} [{d.ci_low:+.1f}, {d.ci_high:+.1f}] |",
     ]
     for c in COMPONENTS:
-        lines.append(f"| {c} | {r.baseline.components[c]:.1f} | "
-                     f"{r.optimized.components[c]:.1f} | {r.components_difference[c]:+.1f} |")
+        lines.append(
+            f"| {c} | {r.baseline.components[c]:.1f} | "
+            f"{r.optimized.components[c]:.1f} | {r.components_difference[c]:+.1f} |"
+        )
     lines += [
         "",
         f"Difference: {d.mean:+.1f} points, {int(d.confidence * 100)}% bootstrap interval "
@@ -362,16 +419,28 @@ def render_markdown(r: Report) -> str:
         "",
     ]
     if r.worse_examples:
-        lines += ["## Examples that got worse", "",
-                  "| example | expected | baseline | optimized | Δ |", "|---|---|---|---|---:|"]
+        lines += [
+            "## Examples that got worse",
+            "",
+            "| example | expected | baseline | optimized | Δ |",
+            "|---|---|---|---|---:|",
+        ]
         for x in r.worse_examples:
-            lines.append(f"| `{x.id}` | {_cell(x.expected)} | {_cell(x.baseline_output)} | "
-                         f"{_cell(x.optimized_output)} | {x.delta:+.1f} |")
+            lines.append(
+                f"| `{x.id}` | {_cell(x.expected)} | {_cell(x.baseline_output)} | "
+                f"{_cell(x.optimized_output)} | {x.delta:+.1f} |"
+            )
         lines.append("")
-    lines += ["## All examples", "", "| example | expected | optimized | baseline | optimized "
-              "score |", "|---|---|---|---:|---:|"]
+    lines += [
+        "## All examples",
+        "",
+        "| example | expected | optimized | baseline | optimized score |",
+        "|---|---|---|---:|---:|",
+    ]
     for x in r.results:
-        lines.append(f"| `{x.id}` | {_cell(x.expected)} | {_cell(x.optimized_output)} | "
-                     f"{x.baseline:.1f} | {x.optimized:.1f} |")
+        lines.append(
+            f"| `{x.id}` | {_cell(x.expected)} | {_cell(x.optimized_output)} | "
+            f"{x.baseline:.1f} | {x.optimized:.1f} |"
+        )
     lines.append("")
     return "\n".join(lines)

@@ -38,13 +38,67 @@ from ocdspy.program.render import FINISH, words
 BOOTSTRAP_THRESHOLD = 0.75
 FILE_TOOLS = frozenset({"read", "edit", "write", "multiedit", "apply_patch", "list", "lsp"})
 COMPONENTS = ("success", "efficiency", "correctness")
-_STOP = frozenset({
-    "a", "an", "the", "to", "of", "in", "on", "and", "or", "is", "are", "was", "were", "be",
-    "been", "it", "its", "this", "that", "i", "i've", "i'm", "we", "you", "for", "with", "as",
-    "by", "at", "from", "have", "has", "had", "now", "so", "not", "no", "yes", "my", "your",
-    "our", "can", "will", "would", "should", "into", "then", "than", "there", "here", "which",
-    "what", "when", "also", "all", "any", "just",
-})
+_STOP = frozenset(
+    {
+        "a",
+        "an",
+        "the",
+        "to",
+        "of",
+        "in",
+        "on",
+        "and",
+        "or",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "it",
+        "its",
+        "this",
+        "that",
+        "i",
+        "i've",
+        "i'm",
+        "we",
+        "you",
+        "for",
+        "with",
+        "as",
+        "by",
+        "at",
+        "from",
+        "have",
+        "has",
+        "had",
+        "now",
+        "so",
+        "not",
+        "no",
+        "yes",
+        "my",
+        "your",
+        "our",
+        "can",
+        "will",
+        "would",
+        "should",
+        "into",
+        "then",
+        "than",
+        "there",
+        "here",
+        "which",
+        "what",
+        "when",
+        "also",
+        "all",
+        "any",
+        "just",
+    }
+)
 
 
 class MetricScores(BaseModel):
@@ -54,8 +108,11 @@ class MetricScores(BaseModel):
 
     def weighted(self, weights: MetricWeights) -> float:
         total = weights.success + weights.efficiency + weights.correctness
-        return (weights.success * self.success + weights.efficiency * self.efficiency
-                + weights.correctness * self.correctness) / total
+        return (
+            weights.success * self.success
+            + weights.efficiency * self.efficiency
+            + weights.correctness * self.correctness
+        ) / total
 
 
 @dataclass(frozen=True)
@@ -157,8 +214,9 @@ def align(gold: Sequence[Call], pred: Sequence[Call]) -> tuple[float, list[tuple
     dp = [[0.0] * (m + 1) for _ in range(n + 1)]
     for i in range(n - 1, -1, -1):
         for j in range(m - 1, -1, -1):
-            dp[i][j] = max(dp[i + 1][j], dp[i][j + 1],
-                           _pair_score(gold[i], pred[j]) + dp[i + 1][j + 1])
+            dp[i][j] = max(
+                dp[i + 1][j], dp[i][j + 1], _pair_score(gold[i], pred[j]) + dp[i + 1][j + 1]
+            )
     pairs: list[tuple[int, int]] = []
     i = j = 0
     while i < n and j < m:
@@ -252,8 +310,9 @@ def score_prediction(example: Any, prediction: Any) -> MetricScores:
     g = Call(str(_get(example, "tool", "")).lower(), str(_get(example, "target", "") or ""))
     p = _call({"tool": _get(prediction, "tool", ""), "target": _get(prediction, "target", "")})
     if p is None:
-        return MetricScores(success=0.0, efficiency=1.0 if g.tool == FINISH else 0.0,
-                            correctness=0.0)
+        return MetricScores(
+            success=0.0, efficiency=1.0 if g.tool == FINISH else 0.0, correctness=0.0
+        )
     done = as_calls(_get(example, "done", []))
     success = _pair_score(g, p)
     if g.tool == FINISH:
@@ -273,8 +332,11 @@ def feedback_text(example: Any, prediction: Any, scores: MetricScores | None = N
     def show(c: Call) -> str:
         if c.tool == FINISH:
             return f"`{FINISH}`"
-        return f"`{c.tool}` on `{c.target[:80]}`" if c.tool in FILE_TOOLS else \
-            f"`{c.tool}` `{c.target[:80]}`"
+        return (
+            f"`{c.tool}` on `{c.target[:80]}`"
+            if c.tool in FILE_TOOLS
+            else f"`{c.tool}` `{c.target[:80]}`"
+        )
 
     if is_plan_example(example):
         gold = as_calls(_get(example, "plan", []))
@@ -288,12 +350,15 @@ def feedback_text(example: Any, prediction: Any, scores: MetricScores | None = N
         for i, g in enumerate(gold):
             if i not in matched_g:
                 got = pred[i] if i < len(pred) and i not in matched_p else None
-                notes.append(f"step {i + 1}: expected {show(g)}"
-                             + (f", got {show(got)}" if got else ", missing"))
+                notes.append(
+                    f"step {i + 1}: expected {show(g)}"
+                    + (f", got {show(got)}" if got else ", missing")
+                )
         extra = [pred[j] for j in range(len(pred)) if j not in matched_p]
         if len(pred) > len(gold) and extra:
-            notes.append(f"{len(pred) - len(gold)} more call(s) than needed, "
-                         f"e.g. {show(extra[-1])}")
+            notes.append(
+                f"{len(pred) - len(gold)} more call(s) than needed, e.g. {show(extra[-1])}"
+            )
         if scores.correctness < 0.5 and str(_get(example, "response", "")).strip():
             notes.append("final response should say: " + str(_get(example, "response"))[:200])
     else:
@@ -302,8 +367,9 @@ def feedback_text(example: Any, prediction: Any, scores: MetricScores | None = N
         if p is None:
             notes.append(f"expected {show(g)}, got no usable tool call")
         elif g.tool == FINISH and p.tool != FINISH:
-            notes.append(f"the work was done: expected `{FINISH}` with the final message, "
-                         f"got {show(p)}")
+            notes.append(
+                f"the work was done: expected `{FINISH}` with the final message, got {show(p)}"
+            )
         elif g.tool != FINISH and p.tool == FINISH:
             notes.append(f"finished too early: expected {show(g)}")
         elif g.tool == FINISH:
@@ -315,8 +381,10 @@ def feedback_text(example: Any, prediction: Any, scores: MetricScores | None = N
             notes.append(f"{show(p)} repeats a call that already succeeded")
     if not notes:
         return "correct: matches the recorded session."
-    summary = (f"success {scores.success:.2f}, efficiency {scores.efficiency:.2f}, "
-               f"correctness {scores.correctness:.2f}")
+    summary = (
+        f"success {scores.success:.2f}, efficiency {scores.efficiency:.2f}, "
+        f"correctness {scores.correctness:.2f}"
+    )
     return "; ".join(notes) + f" ({summary})"
 
 
@@ -329,8 +397,9 @@ class AgentMetric:
 
     __name__ = "agent_metric"
 
-    def __init__(self, weights: MetricWeights | None = None,
-                 threshold: float = BOOTSTRAP_THRESHOLD) -> None:
+    def __init__(
+        self, weights: MetricWeights | None = None, threshold: float = BOOTSTRAP_THRESHOLD
+    ) -> None:
         self.weights = weights or MetricWeights()
         self.threshold = threshold
 
@@ -343,14 +412,16 @@ class AgentMetric:
             return score >= self.threshold
         return score
 
-    def feedback(self, gold: Any, pred: Any, trace: Any = None, pred_name: Any = None,
-                 pred_trace: Any = None) -> Any:
+    def feedback(
+        self, gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None
+    ) -> Any:
         """GEPA's five-argument form: the same score plus written feedback."""
         import dspy
 
         scores = score_prediction(gold, pred)
-        return dspy.Prediction(score=scores.weighted(self.weights),
-                               feedback=feedback_text(gold, pred, scores))
+        return dspy.Prediction(
+            score=scores.weighted(self.weights), feedback=feedback_text(gold, pred, scores)
+        )
 
 
 def gepa_metric(metric: Callable[..., Any]) -> Callable[..., Any]:
@@ -358,8 +429,9 @@ def gepa_metric(metric: Callable[..., Any]) -> Callable[..., Any]:
     if isinstance(metric, AgentMetric):
         return metric.feedback
 
-    def five(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None,
-             pred_trace: Any = None) -> Any:
+    def five(
+        gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None
+    ) -> Any:
         return metric(gold, pred, None)
 
     return five
@@ -369,8 +441,10 @@ def load_metric(spec: str) -> Callable[..., Any]:
     """`package.module:function` -> a function `(example, prediction, trace=None) -> float`."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"custom metric {spec!r}: expected package.module:function",
-                          hint="e.g. --metric mymetrics:tool_match")
+        raise ConfigError(
+            f"custom metric {spec!r}: expected package.module:function",
+            hint="e.g. --metric mymetrics:tool_match",
+        )
     cwd = os.getcwd()
     added = cwd not in sys.path
     if added:
@@ -378,9 +452,10 @@ def load_metric(spec: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"custom metric {spec!r}: cannot import {module_name}: {e}",
-                          hint="run from the directory that holds the module, or install it"
-                          ) from None
+        raise ConfigError(
+            f"custom metric {spec!r}: cannot import {module_name}: {e}",
+            hint="run from the directory that holds the module, or install it",
+        ) from None
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)

@@ -115,14 +115,18 @@ def _state_features(progress: str) -> set[str]:
 
 def similarity(query: dict[str, Any], demo: Any) -> float:
     """How much a demo is like the current input: same state first, then the same words."""
+
     def get(obj: Any, key: str) -> str:
         return str(obj.get(key, "") if hasattr(obj, "get") else "")
 
-    text_sim = _overlap(set(words(get(query, "task") + " " + get(query, "history"))),
-                        set(words(get(demo, "task") + " " + get(demo, "history"))))
+    text_sim = _overlap(
+        set(words(get(query, "task") + " " + get(query, "history"))),
+        set(words(get(demo, "task") + " " + get(demo, "history"))),
+    )
     if "progress" not in query:
-        return text_sim + 0.5 * _overlap(set(words(get(query, "context"))),
-                                         set(words(get(demo, "context"))))
+        return text_sim + 0.5 * _overlap(
+            set(words(get(query, "context"))), set(words(get(demo, "context")))
+        )
     q, d = _state_features(get(query, "progress")), _state_features(get(demo, "progress"))
     weights = {"last": 3.0, "last2": 2.0, "prev": 1.0, "n": 1.0}
     state = sum(weights[f.split("=")[0]] for f in q & d)
@@ -140,8 +144,9 @@ class _Agent(dspy.Module):
 
     input_names: tuple[str, ...] = ()
 
-    def __init__(self, signature: type[dspy.Signature], tools: Sequence[str],
-                 demos_shown: int = 3) -> None:
+    def __init__(
+        self, signature: type[dspy.Signature], tools: Sequence[str], demos_shown: int = 3
+    ) -> None:
         super().__init__()
         self.tools = list(tools)
         self.demos_shown = demos_shown
@@ -177,8 +182,7 @@ class NextActionAgent(_Agent):
         super().__init__(next_action_signature(tools), tools, demos_shown)
 
 
-def build_program(mode: str, tools: Sequence[str] | None = None, *,
-                  demos_shown: int = 3) -> _Agent:
+def build_program(mode: str, tools: Sequence[str] | None = None, *, demos_shown: int = 3) -> _Agent:
     tools = list(tools) if tools is not None else available_tools()
     if mode == "plan":
         return PlanAgent(tools, demos_shown)
@@ -220,15 +224,19 @@ def next_action_examples(ex: Example, tools: Sequence[str]) -> list[dspy.Example
             example_id=f"{ex.id}#{k + 1}",
             session_id=ex.session_id,
             recorded_success=ex.success,
-            done=[{"tool": a.tool, "target": a.target} for a in ex.actions[:k]
-                  if a.success is not False],
+            done=[
+                {"tool": a.tool, "target": a.target}
+                for a in ex.actions[:k]
+                if a.success is not False
+            ],
         )
         out.append(d.with_inputs(*NEXT_ACTION_INPUTS))
     return out
 
 
-def to_dspy_examples(examples: Sequence[Example], mode: str,
-                     tools: Sequence[str]) -> list[dspy.Example]:
+def to_dspy_examples(
+    examples: Sequence[Example], mode: str, tools: Sequence[str]
+) -> list[dspy.Example]:
     if mode == "plan":
         return [plan_example(e, tools) for e in examples]
     if mode == "next_action":
@@ -244,4 +252,3 @@ def state_key(program: dspy.Module) -> str:
     """A stable identity of a program's learned state (instructions + demos)."""
     state = program.dump_state()
     return json.dumps(state, sort_keys=True, default=str)
-

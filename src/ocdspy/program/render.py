@@ -99,8 +99,9 @@ def render_progress(actions: Sequence[ExampleAction]) -> str:
     """The steps so far, one line each, plus the files already read and changed."""
     if not actions:
         return "no tool calls yet"
-    lines = [f"{i}. {render_call(a.tool, a.target)} -> {outcome(a)}"
-             for i, a in enumerate(actions, 1)]
+    lines = [
+        f"{i}. {render_call(a.tool, a.target)} -> {outcome(a)}" for i, a in enumerate(actions, 1)
+    ]
     read = _unique(a.target for a in actions if a.tool == "read")
     changed = _unique(a.target for a in actions if a.tool in ("edit", "write", "apply_patch"))
     if read:

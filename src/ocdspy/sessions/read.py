@@ -415,8 +415,10 @@ def iter_sessions(sources: Iterable[Source]) -> Iterator[ReadItem]:
                 continue
             first_file, first_key, first_origin = first
             comparable = first_key is not None and item.content_key is not None
-            if comparable and first_origin == _origin(item) and not _same_content(
-                first_key, item.content_key
+            if (
+                comparable
+                and first_origin == _origin(item)
+                and not _same_content(first_key, item.content_key)
             ):
                 yield Problem(
                     str(item.file),
