@@ -418,6 +418,13 @@ def test_dotenv_reading_keeps_its_conventions(tmp_path: Path) -> None:
     assert (d.seed, d.min_examples, d.raw_dir) == (7, 3, tmp_path / "logs dir")
 
 
+def test_a_dotenv_that_is_not_utf8_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"OCDSPY_DATA__SEED=\xff\xfe\n")
+    loaded = load_settings(None, environ={}, cwd=tmp_path)
+    assert loaded.settings.data.seed == 0
+    assert loaded.warnings[0].startswith(f"{tmp_path / '.env'}: cannot read it")
+
+
 def test_unknown_dotenv_key_names_the_file_and_a_suggestion(tmp_path: Path) -> None:
     dotenv = write(tmp_path / ".env", "OCDSPY_DATA__SEDD=1\n")
     with pytest.raises(ConfigError) as e:

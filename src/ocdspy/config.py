@@ -697,9 +697,10 @@ def _unused_model_settings(settings: Settings, sources: dict[str, str]) -> list[
             continue
         where = f"models.{role}"
         if m.api_key_env:
+            origin = sources.get(f"{where}.api_key_env", "default")
             out.append(
-                f"{where}.api_key_env ({m.api_key_env}, from {sources.get(where + '.api_key_env')})"
-                " is not used: a local model needs no API key"
+                f"{where}.api_key_env ({m.api_key_env}, from {origin}) is not used: "
+                "a local model needs no API key"
             )
         if m.api_base:
             out.append(f"{where}.api_base ({m.api_base}) is not used by a local model")
