@@ -114,7 +114,20 @@ def _warn(message: str) -> None:
 def _load(config: Path | None, overrides: dict[str, Any] | None = None) -> Any:
     from ocdspy.config import load_settings
 
-    return load_settings(config, overrides=overrides)
+    loaded = load_settings(config, overrides=overrides)
+    for w in loaded.warnings:
+        _warn(w)
+    return loaded
+
+
+def _warn_teacher(settings: Any) -> set[str]:
+    """Say before any LM call that the optimizer needs a better teacher; returns what was said."""
+    from ocdspy.config import capable_teacher_warning
+
+    w = capable_teacher_warning(settings)
+    if w:
+        _warn(w)
+    return {w} if w else set()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -663,6 +676,7 @@ def pipeline(
     from ocdspy.pipeline import run_pipeline
 
     s = _load(config, {"optimization.optimizer": optimizer}).settings
+    shown = _warn_teacher(s)
     status = err.status("starting…")
     status.start()
     try:
@@ -688,7 +702,8 @@ def pipeline(
         table.add_row(st.stage, st.status, f"{st.seconds:.1f}", _rel(st.detail))
     out.print(table)
     for w in res.warnings:
-        _warn(w)
+        if w not in shown:
+            _warn(w)
     out.print(
         f"data: {res.sessions} sessions -> {res.examples} examples "
         f"(train {res.train_examples} from {res.train_sessions} sessions, "
@@ -735,6 +750,18 @@ def pipeline(
 
 def _score_cell(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
+
+
+def _auto_mode_flag(auto: str | None, trials: int | None) -> Any:
+    """optimization.auto_mode from --auto/--trials: None when neither is given."""
+    from ocdspy.config import UNSET
+
+    if auto is None:
+        # --trials alone means "this many", not a preset.
+        return UNSET if trials is not None else None
+    if auto.lower() not in ("light", "medium", "heavy", "none"):
+        raise typer.BadParameter("must be light, medium, heavy or none", param_hint="--auto")
+    return UNSET if auto.lower() == "none" else auto.lower()
 
 
 @app.command()
@@ -798,16 +825,9 @@ def optimize(
         "optimization.metric": metric,
         "optimization.num_threads": num_threads,
     }
-    if auto is not None:
-        if auto.lower() not in ("light", "medium", "heavy", "none"):
-            raise typer.BadParameter("must be light, medium, heavy or none", param_hint="--auto")
-        overrides["optimization.auto_mode"] = None if auto.lower() == "none" else auto.lower()
-    loaded = _load(config, overrides)
-    s = loaded.settings
-    if auto is not None and auto.lower() == "none":
-        s.optimization.auto_mode = None
-    elif trials is not None and auto is None:
-        s.optimization.auto_mode = None  # --trials alone means "this many", not a preset
+    overrides["optimization.auto_mode"] = _auto_mode_flag(auto, trials)
+    s = _load(config, overrides).settings
+    shown = _warn_teacher(s)
 
     if dry_run:
         res = run_optimize(s, name=name, dry_run=True)
@@ -815,7 +835,8 @@ def optimize(
             out.print_json(res.plan.model_dump_json())
             return
         for w in res.warnings:
-            _warn(w)
+            if w not in shown:
+                _warn(w)
         p = res.plan
         table = Table(
             title=f"{p.optimizer} on {p.train_examples} training examples "
@@ -887,7 +908,8 @@ def optimize(
     rec = res.record
     assert rec is not None
     for w in res.warnings:
-        _warn(w)
+        if w not in shown:
+            _warn(w)
     if as_json:
         out.print_json(rec.model_dump_json())
         return

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from ocdspy import __version__
 from ocdspy.artifacts import file_sha256, write_model_atomic
-from ocdspy.config import ModelSettings, Settings
+from ocdspy.config import ModelSettings, Settings, capable_teacher_warning
 from ocdspy.convert import Example, load_examples
 from ocdspy.errors import ConfigError, DataError, ModelError
 from ocdspy.split import TRAIN_FILE, VAL_FILE
@@ -295,6 +295,9 @@ def preflight(settings: Settings, *, n_fit: int, n_sel: int) -> list[str]:
             f"{name} with max_bootstrapped_demos=0 and max_labeled_demos=0 changes nothing",
             hint="set optimization.max_bootstrapped_demos or max_labeled_demos above 0",
         )
+    teacher = capable_teacher_warning(settings)
+    if teacher:
+        warnings.append(teacher)
     if o.num_threads > 1 and settings.models.target.provider == "local":
         warnings.append(
             "num_threads > 1 with the local model: calls share one in-process model "

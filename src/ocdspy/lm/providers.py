@@ -39,6 +39,8 @@ _NO_KEY = "not-needed"
 
 def key_env_for(settings: ModelSettings) -> str | None:
     """Name of the environment variable that holds this model's API key (None: no key)."""
+    if settings.provider == "local":
+        return None  # runs in process: any api_key_env is unused (config warns about it)
     if settings.api_key_env:
         return settings.api_key_env
     return DEFAULT_KEY_ENV.get(settings.provider)
