@@ -460,7 +460,7 @@ def install_agent(
         )
     if not _NAME_OK.match(name):
         raise OcdspyError(
-            f"agent name {printable(name)!r} is not allowed: use lowercase letters, digits and "
+            f"agent name '{printable(name)}' is not allowed: use lowercase letters, digits and "
             "dashes"
         )
     try:
@@ -693,7 +693,7 @@ def export_agent(
     for setting, value in (("provider", target_provider), ("model", target_model)):
         if printable(value) != value:
             raise OcdspyError(
-                f"models.target.{setting}: {printable(value)!r} holds a newline or another "
+                f"models.target.{setting}: '{printable(value)}' holds a newline or another "
                 "control character; it cannot name a model in the agent file",
                 hint=f"fix models.target.{setting} in config.yaml or the environment",
             )
@@ -783,9 +783,9 @@ def _front_matter(**fields: Any) -> AgentFrontMatter:
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
         where = ".".join(str(x) for x in first["loc"]) or "front matter"
+        got = printable(str(first.get("input")))
         raise OcdspyError(
-            f"the agent file's {where} would be invalid: {first['msg']} "
-            f"(got {printable(str(first.get('input')))!r})"
+            f"the agent file's {where} would be invalid: {first['msg']} (got '{got}')"
         ) from None
 
 

@@ -32,7 +32,9 @@ _ROLE_TAGS = re.compile(
     r"|</?\s*(?:system|assistant|user|human|instructions?|sys|prompt|developer)\b[^>\n]{0,40}>"
     r"|\[/?\s*(?:INST|SYS|SYSTEM)\s*\]"  # [INST] [/INST] [SYSTEM]
     r"|<<\s*/?\s*SYS\s*>>"  # <<SYS>> <</SYS>>
-    r"|^\s*#{1,6}\s*(?:system|instructions?|assistant|user|human|response)\b\s*:?"
+    r"|#{1,6}\s*(?:system|instructions?|assistant|user|human|response)\s*:"  # ### System:
+    r"|^\s*#{1,6}\s*(?:system|instructions?|assistant|user|human|response)\b"
+    r"|(?-i:\b(?:SYSTEM|DEVELOPER)\s*:)"  # SYSTEM: anywhere, upper case only
     r"|^\s*(?:system|developer)\s*:",  # not user:/assistant: (the history's own lines)
     re.I | re.M,
 )
