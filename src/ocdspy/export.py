@@ -690,13 +690,7 @@ def export_agent(
     force: bool = False,
 ) -> ExportResult:
     warnings: list[str] = []
-    for setting, value in (("provider", target_provider), ("model", target_model)):
-        if printable(value) != value:
-            raise OcdspyError(
-                f"models.target.{setting}: '{printable(value)}' holds a newline or another "
-                "control character; it cannot name a model in the agent file",
-                hint=f"fix models.target.{setting} in config.yaml or the environment",
-            )
+    _check_one_line(provider=target_provider, model=target_model)
     agent_name = sanitize_name(name) if name else default_name(target_model)
     if name and agent_name != name:
         warnings.append(f"agent name {name!r} was sanitized to {agent_name!r}")
@@ -775,6 +769,18 @@ def export_agent(
     )
     write_model_atomic(result.meta_path, meta)
     return result
+
+
+def _check_one_line(**settings: str) -> None:
+    """The target model's names go into the agent file: a newline there is an error, not a
+    pydantic traceback."""
+    for setting, value in settings.items():
+        if printable(value) != value:
+            raise OcdspyError(
+                f"models.target.{setting}: '{printable(value)}' holds a newline or another "
+                "control character; it cannot name a model in the agent file",
+                hint=f"fix models.target.{setting} in config.yaml or the environment",
+            )
 
 
 def _front_matter(**fields: Any) -> AgentFrontMatter:
