@@ -316,10 +316,82 @@ def test_one_failed_call_does_not_stop_the_evaluation(tmp_path: Path) -> None:
     lm = schema_lm(SchemaEngine(chooser=demo_aware))
     optimize(s, lms=LMs(target=lm, teacher=lm), name="p3")
     flaky = schema_lm(SchemaEngine(chooser=demo_aware, fail_on=frozenset({2})), name="flaky")
-    r = evaluate(s, "p3", lms=LMs(target=flaky, teacher=flaky), resamples=200).report
+    res = evaluate(s, "p3", lms=LMs(target=flaky, teacher=flaky), resamples=200)
+    r = res.report
     assert r.baseline.errors == 1 and r.optimized.errors == 0
     assert r.examples_scored == 8
+    # Part of the difference is the failed call: the verdict line says so.
+    note = "baseline had 1 error (12%), optimized 0: the difference is partly errors"
+    assert note in r.verdict
+    assert f"Difference: {r.verdict}" in res.markdown_path.read_text()
     s.optimization.max_errors = 1
     always = schema_lm(SchemaEngine(fail_on=frozenset(range(1, 100))), name="down")
     with pytest.raises(ModelError, match="evaluation stopped"):
         evaluate(s, "p3", lms=LMs(target=always, teacher=always), resamples=200)
+
+
+def test_repeated_failures_name_the_model_the_endpoint_and_the_count(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    lm = schema_lm(SchemaEngine(chooser=demo_aware))
+    optimize(s, lms=LMs(target=lm, teacher=lm), name="p4")
+    s.models.target = ModelSettings(
+        provider="openai_compatible",
+        model="qwen-7b",
+        api_base="http://user:hunter2@127.0.0.1:8000/v1",
+        timeout=30,
+    )
+    s.optimization.max_errors = 3
+    s.optimization.num_threads = 1
+    down = schema_lm(SchemaEngine(fail_on=frozenset(range(1, 100))), name="down")
+    with pytest.raises(ModelError) as info:
+        evaluate(s, "p4", lms=LMs(target=down, teacher=down), resamples=200)
+    message = info.value.message
+    assert message.startswith(
+        "evaluation stopped after 3 failed calls to the target model "
+        "openai_compatible/qwen-7b (http://127.0.0.1:8000/v1): "
+    )
+    assert "scripted failure" in message and "Execution cancelled" not in message
+    assert "hunter2" not in str(info.value)
+    assert "max_errors (now 3)" in (info.value.hint or "")
+
+    class SlowEngine(SchemaEngine):
+        def complete(self, request: Any) -> Any:
+            raise TimeoutError(
+                "no bytes for 30s; this is lm15's read timeout, not a server failure — raise "
+                "it with Timeouts(read=...) if the model needs longer"
+            )
+
+    slow = schema_lm(SlowEngine(), name="slow")
+    with pytest.raises(ModelError) as info:
+        evaluate(s, "p4", lms=LMs(target=slow, teacher=slow), resamples=200)
+    assert "Timeouts(" not in str(info.value) and "lm15" not in str(info.value)
+    assert (info.value.hint or "").startswith("raise models.target.timeout (now 30 s)")
+
+
+def test_same_errors_on_both_sides_leave_the_verdict_alone() -> None:
+    from ocdspy.evaluate import SideScores, errors_note
+
+    same = SideScores(score=50, components={}, errors=2)
+    assert errors_note(same, same, 10) is None
+    worse = SideScores(score=40, components={}, errors=9)
+    none = SideScores(score=60, components={}, errors=0)
+    assert errors_note(worse, none, 30) == (
+        "baseline had 9 errors (30%), optimized 0: the difference is partly errors "
+        "(a failed call scores 0, here on the baseline side)"
+    )
+
+
+def test_timeout_hint_names_our_setting() -> None:
+    from ocdspy.lm.providers import in_our_words, model_error
+
+    lib = (
+        "LMTimeoutError: no bytes for 120s; this is lm15's read timeout, not a server failure "
+        "— raise it with Timeouts(read=...) if the model needs longer"
+    )
+    text = in_our_words(lib, "target")
+    assert "Timeouts(" not in text and "lm15" not in text
+    assert "raise models.target.timeout in config.yaml if the model needs longer" in text
+    err = model_error(
+        TimeoutError(lib), ModelSettings(provider="ollama", model="q"), role="teacher"
+    )
+    assert "models.teacher.timeout" in err.message and "Timeouts(" not in err.message

@@ -14,9 +14,11 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from ocdspy import __version__
+from ocdspy.display import printable, show_path
 from ocdspy.errors import OcdspyError
 
 app = typer.Typer(
@@ -62,10 +64,13 @@ def handle_errors(fn: F) -> F:
             if _state["debug"]:
                 err.print_exception()
             err.print(
-                f"[bold red]error:[/] {e.message}", highlight=False, markup=True, soft_wrap=True
+                f"[bold red]error:[/] {_text(e.message)}",
+                highlight=False,
+                markup=True,
+                soft_wrap=True,
             )
             if e.hint:
-                err.print(f"  [yellow]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
+                err.print(f"  [yellow]hint:[/] {_text(e.hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -88,27 +93,38 @@ def _root(
     _state["debug"] = debug
 
 
-def _rel(path: str, base: Path | None = None) -> str:
-    """Show a path relative to `base` (else the working directory) when it lies below it."""
+def _rel(path: str | Path | None, base: Path | None = None) -> str:
+    """The one way a path is shown: relative to `base` (else the working directory) when it
+    lies below it; control characters escaped and Rich markup neutralised, so a file name can
+    neither split a line nor drive the terminal."""
+    if path is None:
+        return "-"
+    shown = str(path)
     for root in (base, Path.cwd()):
         if root is None:
             continue
         try:
-            return str(Path(path).resolve().relative_to(root.resolve()))
+            shown = str(Path(path).resolve().relative_to(root.resolve()))
+            break
         except (ValueError, OSError):
             continue
-    return path
+    return _text(show_path(shown))
+
+
+def _text(message: str) -> str:
+    """Text from outside (messages that quote file names, session text) for a markup string."""
+    return rich_escape(printable(message))
 
 
 def _problem(severity: str, file: str, where: str, message: str) -> None:
     """One input problem as `severity file: json.path: message` on stdout (part of the report)."""
     color = "red" if severity == "error" else "yellow"
-    loc = f"{_rel(file)}: {where}: " if where else f"{_rel(file)}: "
-    out.print(f"[{color}]{severity}[/] {loc}{message}", highlight=False, soft_wrap=True)
+    loc = f"{_rel(file)}: {_text(where)}: " if where else f"{_rel(file)}: "
+    out.print(f"[{color}]{severity}[/] {loc}{_text(message)}", highlight=False, soft_wrap=True)
 
 
 def _warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {_text(message)}", highlight=False, soft_wrap=True)
 
 
 def _load(config: Path | None, overrides: dict[str, Any] | None = None) -> Any:
@@ -147,11 +163,11 @@ def init(
 
     res = init_project(directory, force=force)
     for name in res.created:
-        out.print(f"[green]created[/]     {directory / name}")
+        out.print(f"[green]created[/]     {_rel(directory / name)}")
     for name in res.overwritten:
-        out.print(f"[yellow]overwritten[/] {directory / name}")
+        out.print(f"[yellow]overwritten[/] {_rel(directory / name)}")
     for name in res.kept:
-        out.print(f"[dim]kept[/]        {directory / name}")
+        out.print(f"[dim]kept[/]        {_rel(directory / name)}")
     if any(k in ("config.yaml", ".env.example") for k in res.kept):
         out.print("[dim]existing files were kept; use --force to replace them (with a backup)[/]")
 
@@ -328,6 +344,8 @@ def convert(
             force=force,
         )
     m = res.manifest
+    # A file that could not be read fails the command (exit 1), after the others are converted.
+    failed = sum(p.severity == "error" for p in res.problems)
     if as_json:
         out.print_json(
             json.dumps(
@@ -338,15 +356,15 @@ def convert(
                 }
             )
         )
-        return
+        raise typer.Exit(1 if failed else 0)
+    for p in res.problems:
+        _problem(p.severity, p.file, p.where, p.message)
     if res.cached:
         out.print(
             f"inputs and settings unchanged: {_rel(str(res.examples_path))} is up to date "
             f"({m.examples_kept} examples); use --force to rebuild"
         )
-        return
-    for p in res.problems:
-        _problem(p.severity, p.file, p.where, p.message)
+        raise typer.Exit(1 if failed else 0)
     out.print(f"read {m.sessions_read} sessions, {m.turns_in} turns from {len(m.sources)} inputs")
     out.print(f"[green]wrote {m.examples_kept} examples[/] to {_rel(str(res.examples_path))}")
     for reason, n in m.dropped.items():
@@ -355,6 +373,12 @@ def convert(
         kinds = ", ".join(f"{k} {n}" for k, n in m.redactions.items())
         out.print(f"  redacted {sum(m.redactions.values())} secrets ({kinds})")
     out.print(f"manifest: {_rel(str(res.manifest_path))}")
+    if failed:
+        err.print(
+            f"[red]{failed} input problem(s)[/] (listed above); the other inputs were converted",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -531,14 +555,14 @@ def collect(
         _problem(p.severity, p.file, p.where, p.message)
     st = res.store
     out.print(
-        f"store: {st.path} ({st.format}, found via {st.found_by}); "
+        f"store: {_rel(st.path)} ({st.format}, found via {st.found_by}); "
         f"{res.sessions_in_store} sessions",
         highlight=False,
         soft_wrap=True,
     )
     out.print(
         f"[green]collected {res.selected} sessions[/]: {len(res.written)} written, "
-        f"{res.unchanged} unchanged, {res.empty} without messages -> {res.out_dir}",
+        f"{res.unchanged} unchanged, {res.empty} without messages -> {_rel(res.out_dir)}",
         highlight=False,
         soft_wrap=True,
     )
@@ -615,13 +639,13 @@ def export(
     )
     out.print(f"provenance: {_rel(str(res.meta_path))}", soft_wrap=True)
     if res.installed_path:
-        out.print(f"[green]installed[/] {res.installed_path}", soft_wrap=True)
+        out.print(f"[green]installed[/] {_rel(res.installed_path)}", soft_wrap=True)
         if res.backup_path:
-            out.print(f"  previous version kept as {res.backup_path}", soft_wrap=True)
+            out.print(f"  previous version kept as {_rel(res.backup_path)}", soft_wrap=True)
     if res.config_path:
         out.print(
-            f"default_agent set in {res.config_path}"
-            + (f" (backup {res.config_backup.name})" if res.config_backup else ""),
+            f"default_agent set in {_rel(res.config_path)}"
+            + (f" (backup {_rel(res.config_backup.name)})" if res.config_backup else ""),
             soft_wrap=True,
         )
     how = (
@@ -731,7 +755,7 @@ def pipeline(
         out.print(f"agent: {_rel(str(res.agent_path))}", soft_wrap=True)
         if res.installed_path:
             out.print(
-                f"installed: {res.installed_path}; start it with "
+                f"installed: {_rel(res.installed_path)}; start it with "
                 f"`opencode --agent {res.agent_name}`",
                 soft_wrap=True,
             )
@@ -897,11 +921,11 @@ def optimize(
         r = e.result
         err.print("[yellow]interrupted.[/]", highlight=False)
         if r.program_path is not None:
-            err.print(f"best program so far saved to {r.program_path}", soft_wrap=True)
+            err.print(f"best program so far saved to {_rel(r.program_path)}", soft_wrap=True)
         else:
             err.print("no candidate had been scored yet: no program saved", soft_wrap=True)
         if r.record_path is not None:
-            err.print(f"run record: {r.record_path}", soft_wrap=True)
+            err.print(f"run record: {_rel(r.record_path)}", soft_wrap=True)
         if r.record is not None and r.record.resume_hint:
             err.print(f"to resume: {r.record.resume_hint}", soft_wrap=True)
         raise typer.Exit(130) from None
@@ -942,11 +966,11 @@ def optimize(
         )
     out.print(usage)
     out.print(
-        f"[green]saved[/] {res.program_path} ({rec.optimizer}, {rec.program} mode, "
+        f"[green]saved[/] {_rel(res.program_path)} ({rec.optimizer}, {rec.program} mode, "
         f"{rec.duration_s:.0f} s)",
         soft_wrap=True,
     )
-    out.print(f"run record: {res.record_path}", soft_wrap=True)
+    out.print(f"run record: {_rel(res.record_path)}", soft_wrap=True)
     out.print(f"next: ocdspy evaluate {res.name}", highlight=False)
 
 
@@ -972,6 +996,7 @@ def evaluate(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     os.environ.setdefault("TQDM_DISABLE", "1")
+    from ocdspy.evaluate import errors_note
     from ocdspy.evaluate import evaluate as run_evaluate
 
     s = _load(config).settings
@@ -1024,6 +1049,9 @@ def evaluate(
         + ("excludes 0" if d.significant else "includes 0")
         + f" · improved {r.improved}, worse {r.worse}, unchanged {r.unchanged}"
     )
+    note = errors_note(r.baseline, r.optimized, r.examples_scored)
+    if note:
+        _warn(note)
     for x in r.worse_examples[:5]:
         out.print(
             f"  [red]worse[/] {x.id}: expected {x.expected[:60]!r}, now "
@@ -1031,7 +1059,7 @@ def evaluate(
             highlight=False,
             soft_wrap=True,
         )
-    out.print(f"report: {res.markdown_path} (and .json)", soft_wrap=True)
+    out.print(f"report: {_rel(res.markdown_path)} (and .json)", soft_wrap=True)
 
 
 def main() -> None:

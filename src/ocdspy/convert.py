@@ -340,14 +340,26 @@ def _display_path(path: Path, base: Path | None) -> str:
     return path.as_posix()
 
 
+def _hash_or_error(path: Path) -> str:
+    """A file's hash; what made it unreadable in its place (the reader reports the file)."""
+    try:
+        return file_sha256(path)
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+
+
 def source_hash(source: Source) -> str:
     if source.path.is_dir():
         h = hashlib.sha256()
-        for f in sorted(p for p in source.path.rglob("*") if p.is_file()):
+        try:
+            files = sorted(p for p in source.path.rglob("*") if p.is_file())
+        except OSError as e:
+            return f"unreadable: {e.strerror or e}"
+        for f in files:
             h.update(f.relative_to(source.path).as_posix().encode() + b"\0")
-            h.update(file_sha256(f).encode())
+            h.update(_hash_or_error(f).encode())
         return h.hexdigest()
-    return file_sha256(source.path)
+    return _hash_or_error(source.path)
 
 
 def convert(
@@ -402,7 +414,11 @@ def convert(
             and file_sha256(examples_path) == old.output_sha256
         ):
             return ConvertResult(
-                examples_path=examples_path, manifest_path=manifest_path, manifest=old, cached=True
+                examples_path=examples_path,
+                manifest_path=manifest_path,
+                manifest=old,
+                cached=True,
+                problems=list(found.problems),
             )
 
     counts: Counter[str] = Counter()

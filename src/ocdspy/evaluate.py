@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field
 
 from ocdspy import __version__
 from ocdspy.artifacts import write_model_atomic, write_text_atomic
-from ocdspy.config import Settings
+from ocdspy.config import ModelSettings, Settings
+from ocdspy.display import printable
 from ocdspy.errors import DataError, ModelError
 from ocdspy.metric import COMPONENTS, as_calls, score_prediction
 from ocdspy.optimize import (
@@ -87,6 +90,7 @@ class Report(BaseModel):
     improved: int
     worse: int
     unchanged: int
+    verdict: str = Field("", description="One line: what the difference means, errors included.")
     worse_examples: list[ExampleResult]
     results: list[ExampleResult]
     lm_usage: list[ModelUsage]
@@ -202,6 +206,67 @@ def _record_for(path: Path) -> RunRecord | None:
 # The stage
 
 
+class _Failures:
+    """Failed program calls of one side: how many, and the last error (for the message)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def counting(self, program: Any) -> Callable[..., Any]:
+        def call(**inputs: Any) -> Any:
+            try:
+                return program(**inputs)
+            except Exception as e:
+                with self._lock:
+                    self.count += 1
+                    self.last = e
+                raise
+
+        return call
+
+
+def endpoint(model: ModelSettings) -> str:
+    """Where the model's calls go, for messages (any user:password in the URL left out)."""
+    from ocdspy.lm import normalize_ollama_base
+
+    if model.provider == "local":
+        return "in process"
+    base = normalize_ollama_base(model.api_base) if model.provider == "ollama" else model.api_base
+    if not base:
+        return f"the {model.provider} default endpoint"
+    parts = urlsplit(base.strip())
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return printable(urlunsplit((parts.scheme, netloc, parts.path, "", "")))
+
+
+def _stopped(e: Exception, failures: _Failures, settings: Settings) -> ModelError:
+    """Why the evaluation stopped: the model, its endpoint, the count of failed calls and the
+    last error, in our settings' words."""
+    from ocdspy.lm.providers import in_our_words
+
+    target = settings.models.target
+    last = failures.last or e
+    text = str(last).strip().splitlines()[0] if str(last).strip() else ""
+    why = in_our_words(f"{type(last).__name__}: {text}".rstrip(": "), "target")
+    where = f"target model {target.provider}/{target.model} ({endpoint(target)})"
+    if failures.count:
+        message = f"evaluation stopped after {failures.count} failed calls to the {where}: {why}"
+    else:
+        message = f"evaluation stopped ({where}): {why}"
+    hints = [
+        f"raise optimization.max_errors (now {settings.optimization.max_errors}) to "
+        "tolerate more failed calls"
+    ]
+    if "timeout" in why.lower() or "timed out" in why.lower():
+        hints.insert(0, f"raise models.target.timeout (now {target.timeout:g} s)")
+    elif failures.count and target.provider != "local":
+        hints.insert(0, "check that the endpoint is up and serves this model")
+    return ModelError(printable(message), hint="; ".join(hints))
+
+
 def _run(
     program: Any,
     devset: list[Any],
@@ -227,14 +292,11 @@ def _run(
         failure_score=0.0,
         provide_traceback=False,
     )
+    failures = _Failures()
     try:
-        res = ev(program)
+        res = ev(failures.counting(program))
     except Exception as e:
-        raise ModelError(
-            f"evaluation stopped: {type(e).__name__}: {e}",
-            hint="check the model settings; raise optimization.max_errors to "
-            "tolerate more failed calls",
-        ) from e
+        raise _stopped(e, failures, settings) from e
     return [(ex, pred, float(score)) for ex, pred, score in res.results]
 
 
@@ -377,11 +439,39 @@ def evaluate(
         started=started.isoformat(),
         duration_s=round(duration, 3),
     )
+    report.verdict = verdict(report)
     rdir = settings.outputs.reports_dir
     json_path, md_path = rdir / f"{name}.json", rdir / f"{name}.md"
     write_model_atomic(json_path, report)
     write_text_atomic(md_path, render_markdown(report))
     return EvaluateResult(report=report, json_path=json_path, markdown_path=md_path)
+
+
+def errors_note(baseline: SideScores, optimized: SideScores, scored: int) -> str | None:
+    """When one side failed more calls than the other, part of the difference is errors (a
+    failed call scores 0), not prompting: say so."""
+    if baseline.errors == optimized.errors:
+        return None
+
+    def side(n: int) -> str:
+        return f"{n} error{'' if n == 1 else 's'} ({100 * n / scored:.0f}%)" if n else "0"
+
+    more = "baseline" if baseline.errors > optimized.errors else "optimized"
+    return (
+        f"baseline had {side(baseline.errors)}, optimized {side(optimized.errors)}: "
+        f"the difference is partly errors (a failed call scores 0, here on the {more} side)"
+    )
+
+
+def verdict(r: Report) -> str:
+    d = r.difference
+    line = (
+        f"{d.mean:+.1f} points, {int(d.confidence * 100)}% bootstrap interval "
+        f"[{d.ci_low:+.1f}, {d.ci_high:+.1f}] ({d.resamples} resamples of {d.unit}); "
+        + ("the interval excludes 0" if d.significant else "the interval includes 0")
+    )
+    note = errors_note(r.baseline, r.optimized, r.examples_scored)
+    return f"{line}; {note}." if note else f"{line}."
 
 
 def _cell(text: str) -> str:
@@ -411,9 +501,7 @@ def render_markdown(r: Report) -> str:
         )
     lines += [
         "",
-        f"Difference: {d.mean:+.1f} points, {int(d.confidence * 100)}% bootstrap interval "
-        f"[{d.ci_low:+.1f}, {d.ci_high:+.1f}] ({d.resamples} resamples of {d.unit}); "
-        + ("the interval excludes 0." if d.significant else "the interval includes 0."),
+        f"Difference: {r.verdict or verdict(r)}",
         "",
         f"Examples improved: {r.improved}, worse: {r.worse}, unchanged: {r.unchanged}.",
         "",

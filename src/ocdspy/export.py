@@ -10,9 +10,12 @@ This module reads DSPy's saved-program JSON directly; it needs no DSPy import.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import stat
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,9 +25,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ocdspy import __version__
-from ocdspy.artifacts import bytes_sha256, write_model_atomic, write_text_atomic
+from ocdspy.artifacts import atomic_writer, bytes_sha256, write_model_atomic, write_text_atomic
 from ocdspy.config import Settings
+from ocdspy.display import printable, show_path
 from ocdspy.errors import DataError, OcdspyError
+from ocdspy.program.sanitize import (
+    clean_text,
+    dropped_warning,
+    excerpt,
+    injection_phrase,
+    split_demos,
+)
 from ocdspy.redact import find_secrets
 
 AgentMode = Literal["primary", "subagent", "all"]
@@ -82,6 +93,7 @@ class ExportMeta(BaseModel):
     target_model: str | None = None
     opencode_model: str | None = None
     demos: int = 0
+    demos_dropped: int = Field(0, description="Demos left out: their text read as instructions.")
     installed_to: str | None = None
     backup: str | None = None
     default_agent_set_in: str | None = None
@@ -96,6 +108,7 @@ class ExportResult(BaseModel):
     config_path: Path | None = None
     config_backup: Path | None = None
     warnings: list[str] = Field(default_factory=list)
+    demos_dropped: int = 0
     front_matter: AgentFrontMatter
 
 
@@ -197,25 +210,31 @@ def _calls(demo: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _one_line(text: Any, limit: int = 300) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 1] + "…"
+    """Session text as one short, sanitized line (see ocdspy.program.sanitize)."""
+    return excerpt(text, limit)
 
 
 def render_demo(demo: dict[str, Any], index: int) -> str:
-    """A demonstration as a worked example a person (and a model) can read."""
+    """A demonstration as a worked example a person (and a model) can read.
+
+    It carries the task, the calls with their main arguments, their short outcomes and a short
+    answer; never raw tool output, and never the prior conversation. All of it is session
+    text, so all of it is sanitized; `render_body` drops demos that read as instructions.
+    """
     lines = [f"### Example {index}", "", f"**Task:** {_one_line(demo.get('task', ''))}"]
-    history = str(demo.get("history") or "").strip()
-    if history:
-        lines.append(f"**Earlier in the conversation:** {_one_line(history, 400)}")
     progress = str(demo.get("progress") or "").strip()
     if progress:
-        lines += ["", "**Done so far:**", "", *[f"    {p}" for p in progress.splitlines()[:12]]]
+        steps = [_one_line(p, 200) for p in progress.splitlines()[:12]]
+        lines += ["", "**Done so far:**", "", *[f"    {p}" for p in steps if p]]
     calls = _calls(demo)
     if calls:
         lines += ["", "**Tool calls:**", ""]
-        lines += [f"{i}. `{tool}` {_code(target)}" for i, (tool, target) in enumerate(calls, 1)]
+        lines += [
+            f"{i}. `{_one_line(tool, 40)}` {_code(target)}"
+            for i, (tool, target) in enumerate(calls, 1)
+        ]
     elif demo.get("tool"):
-        tool, target = str(demo["tool"]), str(demo.get("target") or "")
+        tool, target = _one_line(demo["tool"], 40), str(demo.get("target") or "")
         if tool == "finish":
             lines += ["", f"**Answer:** {_one_line(target, 600)}"]
         else:
@@ -287,7 +306,9 @@ def learn_guidance(examples_path: Path | None) -> Guidance:
     g.sessions = len(sessions)
     g.mean_calls = calls / g.turns if g.turns else 0.0
     g.tools = tools.most_common(8)
-    g.commands = [(c, n) for c, n in commands.most_common(5) if n >= 2]
+    g.commands = [
+        (c, n) for c, n in commands.most_common(5) if n >= 2 and injection_phrase(c) is None
+    ]
     g.read_before_edit = (rbe[0], rbe[1])
     g.check_after_edit = (cae[0], cae[1])
     return g
@@ -303,7 +324,7 @@ def render_guidance(g: Guidance) -> str:
     ]
     lines.append(f"- Keep it short: {g.mean_calls:.1f} tool calls per request on average.")
     if g.tools:
-        usage = ", ".join(f"`{t}` {n}" for t, n in g.tools)
+        usage = ", ".join(f"{_code(t)} {n}" for t, n in g.tools)
         lines.append(f"- Tools used, most common first: {usage}.")
     done, total = g.read_before_edit
     if total:
@@ -315,7 +336,7 @@ def render_guidance(g: Guidance) -> str:
             "that edited did)."
         )
     if g.commands:
-        cmds = ", ".join(f"`{c}`" for c, _ in g.commands)
+        cmds = ", ".join(_code(c) for c, _ in g.commands)
         lines.append(f"- Commands this project uses: {cmds}.")
     lines.append("- Finish with a short answer that says what changed and where.")
     return "\n".join(lines)
@@ -348,8 +369,10 @@ def for_opencode(instructions: str) -> str:
 
 
 def render_body(parts: ProgramParts, guidance: Guidance, *, demos_shown: int = DEMOS_SHOWN) -> str:
-    sections = ["\n\n".join(for_opencode(text) for text in parts.instructions)]
-    demos = parts.demos[:demos_shown]
+    """The agent's system prompt. Demos that read as instructions are left out (`export_agent`
+    counts them in a warning)."""
+    sections = ["\n\n".join(clean_text(for_opencode(text)) for text in parts.instructions)]
+    demos = split_demos(parts.demos)[0][:demos_shown]
     if demos:
         sections.append(
             "## Worked examples\n\n"
@@ -414,7 +437,13 @@ def _backup(path: Path) -> Path:
     while backup.exists():
         backup = path.with_name(f"{path.name}.{_stamp()}-{n}.bak")
         n += 1
-    shutil.copy2(path, backup)
+    try:
+        shutil.copy2(path, backup)
+    except OSError as e:
+        raise OcdspyError(
+            f"{show_path(path)}: cannot keep a backup next to it ({e.strerror or e}); "
+            "nothing was changed"
+        ) from None
     return backup
 
 
@@ -425,29 +454,53 @@ def install_agent(
     directory = install_dir.expanduser()
     if directory.name not in ("agent", "agents"):
         raise OcdspyError(
-            f"{install_dir}: OpenCode reads agents from a folder named `agent` or `agents`",
+            f"{show_path(install_dir)}: OpenCode reads agents from a folder named `agent` or "
+            "`agents`",
             hint="e.g. --install-to ~/.config/opencode/agents, or .opencode/agents in a project",
         )
     if not _NAME_OK.match(name):
         raise OcdspyError(
-            f"agent name {name!r} is not allowed: use lowercase letters, digits and dashes"
+            f"agent name '{printable(name)}' is not allowed: use lowercase letters, digits and "
+            "dashes"
         )
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OcdspyError(
+            f"{show_path(directory)}: cannot create the agent folder ({e.strerror or e})"
+        ) from None
     target = (directory / f"{name}.md").resolve()
     if target.parent != directory.resolve():
-        raise OcdspyError(f"agent name {name!r} would be written outside {directory}")
+        raise OcdspyError(f"agent name {name!r} would be written outside {show_path(directory)}")
     backup = None
     if target.exists():
         if not force:
             raise OcdspyError(
-                f"{target} already exists",
+                f"{show_path(target)} already exists",
                 hint="use --force to replace it (a timestamped backup is kept)",
             )
         backup = _backup(target)
     tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(agent_file, tmp)
-    tmp.replace(target)
+    try:
+        shutil.copyfile(agent_file, tmp)
+        tmp.replace(target)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OcdspyError(
+            f"{show_path(directory)}: cannot install the agent there ({e.strerror or e})",
+            hint="check the folder's permissions, or pick another with --install-to",
+        ) from None
     return target, backup
+
+
+def uninstall_agent(installed: Path, backup: Path | None) -> None:
+    """Undo `install_agent`: the previous version back in place, or no file at all."""
+    with contextlib.suppress(OSError):
+        if backup is not None:
+            shutil.copy2(backup, installed)
+        else:
+            installed.unlink(missing_ok=True)
 
 
 # JSONC: JSON with // and /* */ comments and trailing commas. We edit it as text, so every
@@ -535,44 +588,84 @@ def _scan_top_level(text: str) -> tuple[int, int, dict[str, tuple[int, int]]]:
     return start, end, keys
 
 
-def set_default_agent(config_dir: Path, name: str) -> tuple[Path, Path | None]:
-    """Set `"default_agent"` in opencode.json(c) in `config_dir`, keeping comments and keys."""
+class ConfigEdit(BaseModel):
+    """A planned edit of opencode.json(c): checked before anything is installed, applied after."""
+
+    path: Path
+    text: str | None = Field(None, description="The new content; None when nothing changes.")
+    exists: bool = True
+
+
+def plan_default_agent(config_dir: Path, name: str) -> ConfigEdit:
+    """Read opencode.json(c) in `config_dir` and work out the text with `"default_agent"` set,
+    keeping comments, keys, line endings and a BOM. Raises `OcdspyError` (naming the file)
+    when it cannot be read or edited; writes nothing."""
     candidates = [config_dir / "opencode.jsonc", config_dir / "opencode.json"]
     path = next((p for p in candidates if p.is_file()), None)
     value = json.dumps(name)
     if path is None:
-        path = config_dir / "opencode.json"
-        text = (
-            json.dumps(
-                {"$schema": "https://opencode.ai/config.json", "default_agent": name}, indent=2
-            )
-            + "\n"
+        fresh = {"$schema": "https://opencode.ai/config.json", "default_agent": name}
+        return ConfigEdit(
+            path=config_dir / "opencode.json", text=json.dumps(fresh, indent=2) + "\n", exists=False
         )
-        write_text_atomic(path, text)
-        return path, None
-    text = path.read_text(encoding="utf-8")
     try:
+        # Bytes, not read_text(): universal newlines would turn the user's CRLF into LF.
+        text = path.read_bytes().decode("utf-8")
         start, end, keys = _scan_top_level(text)
-    except ValueError as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else e
         raise OcdspyError(
-            f'{path}: cannot edit ({e}); set "default_agent": {value} by hand'
+            f'{show_path(path)}: cannot edit ({why}); nothing was installed; set "default_agent": '
+            f"{value} by hand, or export without --set-default"
         ) from None
     if "default_agent" in keys:
         a, b = keys["default_agent"]
         if text[a:b].strip() == value:
-            return path, None
+            return ConfigEdit(path=path)
         lead = text[a:b][: len(text[a:b]) - len(text[a:b].lstrip())] or " "
-        new = text[:a] + lead + value + text[b:]
+        return ConfigEdit(path=path, text=text[:a] + lead + value + text[b:])
+    body = text[start + 1 : end]
+    newline = "\r\n" if "\r\n" in text else "\n"
+    indent_match = re.search(r"\n([ \t]+)\"", body)
+    indent = indent_match.group(1) if indent_match else "  "
+    entry = f'{newline}{indent}"default_agent": {value}' + ("," if keys else newline)
+    return ConfigEdit(path=path, text=text[: start + 1] + entry + text[start + 1 :])
+
+
+def apply_config_edit(edit: ConfigEdit) -> Path | None:
+    """Write a planned edit: a backup first, then the new text through any symlink (a dotfiles
+    setup keeps its link), with the file's mode. Returns the backup."""
+    if edit.text is None:
+        return None
+    data = edit.text.encode("utf-8")
+    if not edit.exists:
+        mode = 0o666 & ~_umask()
+        target, backup = edit.path, None
     else:
-        body = text[start + 1 : end]
-        has_keys = bool(keys)
-        indent_match = re.search(r"\n([ \t]+)\"", body)
-        indent = indent_match.group(1) if indent_match else "  "
-        entry = f'\n{indent}"default_agent": {value}' + ("," if has_keys else "\n")
-        new = text[: start + 1] + entry + text[start + 1 :]
-    backup = _backup(path)
-    write_text_atomic(path, new)
-    return path, backup
+        target = edit.path.resolve()
+        mode = stat.S_IMODE(target.stat().st_mode)
+        backup = _backup(edit.path)
+    try:
+        with atomic_writer(target, "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), mode)
+    except OSError as e:
+        raise OcdspyError(
+            f"{show_path(edit.path)}: cannot write ({e.strerror or e}); it was not changed"
+        ) from None
+    return backup
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def set_default_agent(config_dir: Path, name: str) -> tuple[Path, Path | None]:
+    """Set `"default_agent"` in opencode.json(c) in `config_dir`, keeping comments and keys."""
+    edit = plan_default_agent(config_dir, name)
+    return edit.path, apply_config_edit(edit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,6 +690,7 @@ def export_agent(
     force: bool = False,
 ) -> ExportResult:
     warnings: list[str] = []
+    _check_one_line(provider=target_provider, model=target_model)
     agent_name = sanitize_name(name) if name else default_name(target_model)
     if name and agent_name != name:
         warnings.append(f"agent name {name!r} was sanitized to {agent_name!r}")
@@ -626,33 +720,33 @@ def export_agent(
     what = f"tuned for {target_model}" + (f" from {sessions} sessions" if sessions else "")
     if baseline is not None and optimized is not None:
         what += f", score {baseline:.0f} → {optimized:.0f}"
-    front = AgentFrontMatter(
-        description=f"Coding agent {what} (ocdspy)",
-        mode=mode,
-        model=model,
-        temperature=temperature,
+    front = _front_matter(
+        description=f"Coding agent {what} (ocdspy)", mode=mode, model=model, temperature=temperature
     )
+    dropped = split_demos(parts.demos)[1]
+    if dropped:
+        warnings.append(dropped_warning(dropped))
     body = render_body(parts, learn_guidance(examples_path))
     text = render_agent_file(front, body)
     check_agent_text(text)
 
     agent_path = out_dir / f"{agent_name}.md"
-    write_text_atomic(agent_path, text)
+    try:
+        write_text_atomic(agent_path, text)
+    except OSError as e:
+        raise OcdspyError(
+            f"{show_path(out_dir)}: cannot write the agent file ({e.strerror or e})"
+        ) from None
     result = ExportResult(
         name=agent_name,
         agent_path=agent_path,
         meta_path=out_dir / f"{agent_name}.meta.json",
         front_matter=front,
         warnings=warnings,
+        demos_dropped=dropped,
     )
     if install_to is not None:
-        result.installed_path, result.backup_path = install_agent(
-            agent_path, install_to, agent_name, force=force
-        )
-        if set_default:
-            result.config_path, result.config_backup = set_default_agent(
-                install_to.expanduser().parent, agent_name
-            )
+        _install(result, install_to, set_default=set_default, force=force)
 
     meta = ExportMeta(
         name=agent_name,
@@ -667,13 +761,53 @@ def export_agent(
         sessions=sessions,
         target_model=f"{target_provider}/{target_model}",
         opencode_model=model,
-        demos=min(len(parts.demos), DEMOS_SHOWN),
+        demos=min(len(parts.demos) - dropped, DEMOS_SHOWN),
+        demos_dropped=dropped,
         installed_to=str(result.installed_path) if result.installed_path else None,
         backup=str(result.backup_path) if result.backup_path else None,
         default_agent_set_in=str(result.config_path) if result.config_path else None,
     )
     write_model_atomic(result.meta_path, meta)
     return result
+
+
+def _check_one_line(**settings: str) -> None:
+    """The target model's names go into the agent file: a newline there is an error, not a
+    pydantic traceback."""
+    for setting, value in settings.items():
+        if printable(value) != value:
+            raise OcdspyError(
+                f"models.target.{setting}: '{printable(value)}' holds a newline or another "
+                "control character; it cannot name a model in the agent file",
+                hint=f"fix models.target.{setting} in config.yaml or the environment",
+            )
+
+
+def _front_matter(**fields: Any) -> AgentFrontMatter:
+    try:
+        return AgentFrontMatter(**fields)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        where = ".".join(str(x) for x in first["loc"]) or "front matter"
+        got = printable(str(first.get("input")))
+        raise OcdspyError(
+            f"the agent file's {where} would be invalid: {first['msg']} (got '{got}')"
+        ) from None
+
+
+def _install(result: ExportResult, install_to: Path, *, set_default: bool, force: bool) -> None:
+    """Install the agent and, with `set_default`, make it the default: both or neither. The
+    config is checked before the agent is copied; if writing it fails, the copy is undone."""
+    edit = plan_default_agent(install_to.expanduser().parent, result.name) if set_default else None
+    installed, backup = install_agent(result.agent_path, install_to, result.name, force=force)
+    if edit is not None:
+        try:
+            result.config_backup = apply_config_edit(edit)
+        except OcdspyError as e:
+            uninstall_agent(installed, backup)
+            raise OcdspyError(f"{e.message}; the agent was not installed either") from None
+        result.config_path = edit.path
+    result.installed_path, result.backup_path = installed, backup
 
 
 def export_program(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -174,8 +175,20 @@ def build_lm(settings: ModelSettings, *, role: str, cache: bool = True) -> Any:
         raise
 
 
+_LIB_TIMEOUT_FIX = re.compile(r"raise it with Timeouts\(\w+=[^)]*\)")
+_LIB_TIMEOUT = re.compile(r"(?:RouterConfig\(timeouts=)?Timeouts\(\w+=[^)]*\)\)?")
+
+
+def in_our_words(text: str, role: str) -> str:
+    """A library's error text with its own knobs (`Timeouts(read=...)`, lm15's names) replaced
+    by the setting a user of ocdspy changes: `models.<role>.timeout`."""
+    text = text.replace("lm15's read timeout", f"the request timeout (models.{role}.timeout)")
+    text = _LIB_TIMEOUT_FIX.sub(f"raise models.{role}.timeout in config.yaml", text)
+    return _LIB_TIMEOUT.sub(f"models.{role}.timeout", text)
+
+
 def model_error(exc: BaseException, settings: ModelSettings, *, role: str) -> ModelError:
     """A `ModelError` for a failed LM call (DSPy's `LMError` family), for one-line reporting."""
     kind = type(exc).__name__
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else kind
-    return ModelError(f"{_where(settings, role)}: {kind}: {text}")
+    return ModelError(f"{_where(settings, role)}: {kind}: {in_our_words(text, role)}")

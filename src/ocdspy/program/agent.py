@@ -24,6 +24,7 @@ from ocdspy.program.render import (
     plan_inputs,
     words,
 )
+from ocdspy.program.sanitize import split_demos
 
 Mode = Literal["plan", "next_action"]
 MODES: tuple[str, ...] = ("plan", "next_action")
@@ -153,7 +154,8 @@ class _Agent(dspy.Module):
         self.step = dspy.Predict(signature)
 
     def _pick_demos(self, inputs: dict[str, Any]) -> list[Any]:
-        pool = list(self.step.demos)
+        # A demo whose recorded text reads as instructions to the agent is never shown.
+        pool = split_demos(self.step.demos)[0]
         if self.demos_shown <= 0 or len(pool) <= self.demos_shown:
             return pool
         scored = [(similarity(inputs, d), -i, d) for i, d in enumerate(pool)]

@@ -1,8 +1,10 @@
 """What the model sees: compact, dspy-free renderings of an example's state.
 
 Kept apart from the DSPy signatures so the metric, the CLI and tests can use them without
-importing dspy. A tiny model copies what is in front of it, so the renderings put the useful
-facts (the last tool's outcome, the files already read or changed) in a few short lines.
+importing dspy. Everything here is session text, hence untrusted: it goes through
+`ocdspy.program.sanitize` (no control characters, role tags or front-matter fences; tool output
+only as a short excerpt). A tiny model copies what is in front of it, so the renderings put the
+useful facts (the last tool's outcome, the files already read or changed) in a few short lines.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ocdspy.convert import Example, ExampleAction
+from ocdspy.program.sanitize import clean_text, excerpt
 
 # OpenCode's built-in tools and their main argument (FORMATS.md section 4), in the order
 # the prompt lists them.
@@ -81,18 +84,19 @@ def _first_line(text: str) -> str:
 
 
 def outcome(action: ExampleAction) -> str:
-    """One short phrase for what a call produced: the fact the next step depends on."""
+    """One short phrase for what a call produced: the fact the next step depends on. Tool output
+    is untrusted: only a short sanitized excerpt of its first line is shown."""
     status = "failed" if action.success is False else "ok"
-    first = _first_line(action.result)
+    first = excerpt(_first_line(action.result), RESULT_CHARS)
     if not first:
         return status
     lines = action.result.count("\n") + 1
     more = f" ({lines} lines)" if lines > 1 else ""
-    return f"{status}: {clip(first, RESULT_CHARS)}{more}"
+    return f"{status}: {first}{more}"
 
 
 def render_call(tool: str, target: str) -> str:
-    return f"{tool} {clip(' '.join(target.split()), TARGET_CHARS)}".strip()
+    return f"{excerpt(tool, 40)} {excerpt(target, TARGET_CHARS)}".strip()
 
 
 def render_progress(actions: Sequence[ExampleAction]) -> str:
@@ -121,9 +125,9 @@ def _unique(items: Any) -> list[str]:
 
 def plan_inputs(ex: Example, tools: Sequence[str]) -> dict[str, str]:
     return {
-        "task": clip(ex.task, TASK_CHARS),
-        "context": clip(ex.context, CONTEXT_CHARS) or "none",
-        "history": clip_tail(ex.history, HISTORY_CHARS) or "none",
+        "task": clip(clean_text(ex.task), TASK_CHARS),
+        "context": clip(clean_text(ex.context), CONTEXT_CHARS) or "none",
+        "history": clip_tail(clean_text(ex.history), HISTORY_CHARS) or "none",
         "tools": render_tools(tools),
     }
 
@@ -131,8 +135,8 @@ def plan_inputs(ex: Example, tools: Sequence[str]) -> dict[str, str]:
 def next_action_inputs(ex: Example, step: int, tools: Sequence[str]) -> dict[str, str]:
     """Inputs for predicting action `step` (0-based; == len(actions) means the final answer)."""
     return {
-        "task": clip(ex.task, TASK_CHARS),
-        "context": clip(ex.context, CONTEXT_CHARS) or "none",
+        "task": clip(clean_text(ex.task), TASK_CHARS),
+        "context": clip(clean_text(ex.context), CONTEXT_CHARS) or "none",
         "progress": render_progress(ex.actions[:step]),
         "tools": render_tools(tools),
     }

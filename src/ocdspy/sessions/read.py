@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import filecmp
 import glob
+import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from ocdspy.display import show_path
 from ocdspy.sessions.model import SessionLog
 
 Severity = Literal["error", "warning"]
@@ -33,11 +36,8 @@ class Problem:
     severity: Severity = "error"
 
     def __str__(self) -> str:
-        return (
-            f"{self.file}: {self.where}: {self.message}"
-            if self.where
-            else (f"{self.file}: {self.message}")
-        )
+        file = show_path(self.file)
+        return f"{file}: {self.where}: {self.message}" if self.where else f"{file}: {self.message}"
 
 
 @dataclass
@@ -93,18 +93,41 @@ def _looks_like_storage_tree(d: Path) -> bool:
 
 
 def _sniff_file(path: Path) -> str | None:
-    """Tell a file's format from its first bytes; None for files that are no session input."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return "unreadable"
+    """Tell a file's format from its first bytes; None for files that are no session input.
+    Raises OSError when the file cannot be read."""
+    with path.open("rb") as f:
+        head = f.read(4096)
     if head.startswith(SQLITE_MAGIC):
         return "opencode-db"
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if path.suffix.lower() == ".json" or stripped[:1] in (b"{", b"["):
         return sniff_json_head(stripped) if stripped else "json"
     return None
+
+
+_NOT_REGULAR = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def _file_kind(path: Path) -> tuple[str, str]:
+    """("dir" | "file" | "missing" | "bad", why it is bad). Only regular files are read: a FIFO
+    or a device would block or never end."""
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing", "no such file or directory"
+    except OSError as e:
+        return "bad", f"cannot read: {e.strerror or e}"
+    if stat.S_ISDIR(st.st_mode):
+        return "dir", ""
+    if stat.S_ISREG(st.st_mode):
+        return "file", ""
+    what = _NOT_REGULAR.get(stat.S_IFMT(st.st_mode), "not a regular file")
+    return "bad", f"{what}, not a regular file; skipped"
 
 
 _EXPORT_HEAD = re.compile(rb'^\{\s*"info"\s*:\s*\{')
@@ -125,58 +148,90 @@ def discover(paths: Iterable[Path | str]) -> DiscoverResult:
 
     Inside directories, `*.json` files and SQLite databases are taken, hidden entries skipped;
     a directory shaped like OpenCode's legacy `storage/` tree is one source. A file named
-    explicitly is always taken, whatever its name.
+    explicitly is always taken, whatever its name. Only regular files are read: a FIFO, a
+    device or an unreadable file or directory is a problem naming it, and the rest goes on.
     """
     result = DiscoverResult()
     seen: set[Path] = set()
 
-    def add(path: Path, fmt: str) -> None:
+    def problem(path: Path | str, message: str) -> None:
+        p = Problem(str(path), "", message)
+        if p not in result.problems:  # named twice, or named and matched by a pattern
+            result.problems.append(p)
+
+    def add(path: Path, fmt: str | None) -> None:
         key = path.resolve()
         if key not in seen:
             seen.add(key)
-            result.sources.append(Source(path, fmt))
+            result.sources.append(Source(path, fmt or "unknown"))
+
+    def take(path: Path, kind: str, why: str) -> None:
+        if kind == "dir":
+            _walk(path, add, problem, set())
+        elif kind == "file":
+            try:
+                add(path, _sniff_file(path))
+            except OSError as e:
+                problem(path, f"cannot read: {e.strerror or e}")
+        else:
+            problem(path, why)
 
     for raw in paths:
         p = Path(raw).expanduser()
-        if not p.exists() and _GLOB_CHARS.search(str(raw)):
+        kind, why = _file_kind(p)
+        if kind == "missing" and _GLOB_CHARS.search(str(raw)):
             matches = sorted(glob.glob(str(p), recursive=True))
             if not matches:
-                result.problems.append(Problem(str(raw), "", "no file matches this pattern"))
+                problem(raw, "no file matches this pattern")
             for m in matches:
-                mp = Path(m)
-                if mp.is_dir():
-                    _walk(mp, add)
-                else:
-                    add(mp, _sniff_file(mp) or "unknown")
+                take(Path(m), *_file_kind(Path(m)))
             continue
-        if not p.exists():
-            result.problems.append(Problem(str(raw), "", "no such file or directory"))
-        elif p.is_dir():
-            _walk(p, add)
-        else:
-            add(p, _sniff_file(p) or "unknown")
+        take(p, kind, why)
     return result
 
 
-def _walk(root: Path, add: Callable[[Path, str], None]) -> None:
+def _walk(
+    root: Path,
+    add: Callable[[Path, str | None], None],
+    problem: Callable[[Path, str], None],
+    visited: set[tuple[int, int]],
+) -> None:
+    try:
+        st = root.stat()
+        if (st.st_dev, st.st_ino) in visited:
+            return  # a symlink back to a folder already walked
+        visited.add((st.st_dev, st.st_ino))
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        problem(root, f"cannot read the directory: {e.strerror or e}")
+        return
     if _looks_like_storage_tree(root):
         add(root, "opencode-storage")
         return
     storage = root / "storage"
     if storage.is_dir() and _looks_like_storage_tree(storage):
         add(storage, "opencode-storage")
-    for child in sorted(root.iterdir()):
-        if child.name.startswith(".") or child == storage:
+    for entry in entries:
+        child = Path(entry.path)
+        if entry.name.startswith(".") or child == storage:
             continue
-        if child.is_dir():
-            _walk(child, add)
-        elif child.is_file():
-            fmt = (
-                _sniff_file(child)
-                if child.suffix.lower() in (".json", ".db", ".sqlite", "")
-                else None
-            )
-            if fmt is None and child.suffix.lower() not in (".json",):
+        try:
+            is_dir, is_file = entry.is_dir(), entry.is_file()
+        except OSError:
+            continue
+        if is_dir:
+            _walk(child, add, problem, visited)
+        elif is_file:
+            suffix = child.suffix.lower()
+            if suffix not in (".json", ".db", ".sqlite", ""):
+                continue
+            try:
+                fmt = _sniff_file(child)
+            except OSError as e:
+                problem(child, f"cannot read: {e.strerror or e}")
+                continue
+            if fmt is None and suffix != ".json":
                 continue
             add(child, fmt or "json")
 
@@ -190,15 +245,12 @@ def read_source(source: Source) -> Iterator[ReadItem]:
     if source.format in ("json", "plugin", "opencode-export"):
         reader = READERS["json"]
     if reader is None:
-        if source.format == "unreadable":
-            yield Problem(str(source.path), "", "cannot read the file (permission denied?)")
-        else:
-            yield Problem(
-                str(source.path),
-                "",
-                f"unrecognized input (format '{source.format}'): expected a plugin session log, "
-                "an `opencode export` JSON file, an opencode.db database or a storage/ directory",
-            )
+        yield Problem(
+            str(source.path),
+            "",
+            f"unrecognized input (format '{source.format}'): expected a plugin session log, "
+            "an `opencode export` JSON file, an opencode.db database or a storage/ directory",
+        )
         return
     try:
         yield from reader(source.path)
@@ -390,6 +442,72 @@ def _origin(item: SessionRead) -> str:
     return str(extra.get("sourceFormat") or item.format)
 
 
+# How deep a tool's arguments, a result or a message may nest. Real tool calls stay within a
+# few levels; past this, writing the data out would exceed pydantic's serializer and Python's
+# recursion limits (a traceback at ~255 and ~1000 levels).
+MAX_NESTING = 32
+CLIPPED = "[clipped: nested too deeply]"
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            children: Iterable[Any] = v.values()
+        elif isinstance(v, list):
+            children = v
+        else:
+            continue
+        if d >= limit:
+            return True
+        stack.extend((c, d + 1) for c in children)
+    return False
+
+
+def _clipped(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, dict):
+        if depth >= MAX_NESTING:
+            return CLIPPED
+        return {k: _clipped(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        if depth >= MAX_NESTING:
+            return CLIPPED
+        return [_clipped(v, depth + 1) for v in value]
+    return value
+
+
+def clip_nesting(item: SessionRead) -> Iterator[Problem]:
+    """Replace what nests deeper than MAX_NESTING in the free-form fields (tool arguments and
+    results, message contents, diagnostics) by a marker, with a warning naming each field."""
+
+    def check(obj: Any, attr: str, where: str) -> Iterator[Problem]:
+        value = getattr(obj, attr)
+        if _depth_exceeds(value, MAX_NESTING):
+            setattr(obj, attr, _clipped(value))
+            yield Problem(
+                str(item.file),
+                where,
+                f"nested more than {MAX_NESTING} levels deep; the deeper part was replaced by "
+                f"{CLIPPED!r}",
+                "warning",
+            )
+
+    for t, turn in enumerate(item.session.examples):
+        ctx = turn.input.context
+        if ctx.lspDiagnostics is not None:
+            for attr in ("errors", "warnings"):
+                where = f"examples[{t}].input.context.lspDiagnostics.{attr}"
+                yield from check(ctx.lspDiagnostics, attr, where)
+        for m, msg in enumerate(turn.input.conversationHistory):
+            yield from check(
+                msg, "content", f"examples[{t}].input.conversationHistory[{m}].content"
+            )
+        for a, action in enumerate(turn.actions):
+            for attr in ("args", "result"):
+                yield from check(action, attr, f"examples[{t}].actions[{a}].{attr}")
+
+
 def iter_sessions(sources: Iterable[Source]) -> Iterator[ReadItem]:
     """Read sources in order, dropping repeated session ids.
 
@@ -404,6 +522,7 @@ def iter_sessions(sources: Iterable[Source]) -> Iterator[ReadItem]:
             if isinstance(item, Problem):
                 yield item
                 continue
+            yield from clip_nesting(item)
             sid = item.session.session_id
             if sid is None:
                 yield item
@@ -424,12 +543,13 @@ def iter_sessions(sources: Iterable[Source]) -> Iterator[ReadItem]:
                     str(item.file),
                     "session",
                     f"duplicate session id '{sid}' (also in "
-                    f"{first_file}) with different content; this copy is skipped",
+                    f"{show_path(first_file)}) with different content; this copy is skipped",
                 )
             else:
                 yield Problem(
                     str(item.file),
                     "session",
-                    f"session '{sid}' was already read from {first_file}; this copy is skipped",
+                    f"session '{sid}' was already read from {show_path(first_file)}; "
+                    "this copy is skipped",
                     "warning",
                 )
