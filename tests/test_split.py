@@ -107,7 +107,7 @@ def test_split_writes_files_and_manifest(tmp_path: Path) -> None:
 def test_split_refuses_examples_without_a_matching_convert_manifest(tmp_path: Path) -> None:
     src = write_examples(tmp_path / "processed" / "examples.jsonl", corpus())
     write_jsonl_atomic(src, corpus(n_ok=3))  # new examples, old manifest
-    with pytest.raises(DataError, match="examples.jsonl: does not match") as info:
+    with pytest.raises(DataError, match=r"examples\.jsonl: does not match") as info:
         split(src, tmp_path / "splits")
     assert "ocdspy convert" in str(info.value)
     (tmp_path / "processed" / "manifest.json").unlink()

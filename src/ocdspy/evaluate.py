@@ -257,8 +257,9 @@ def describe_program(path: Path, record: RunRecord | None) -> str:
     elif record.status == "completed":
         kind = f"completed {record.optimizer} run of {record.started[:19]}"
     else:
+        article = "an" if record.status == "interrupted" else "a"
         kind = (
-            f"best candidate of a {record.status} {record.optimizer} run of "
+            f"best candidate of {article} {record.status} {record.optimizer} run of "
             f"{record.started[:19]}, not a completed one"
         )
     return f"{path} ({kind})"

@@ -780,6 +780,9 @@ def _commit_run(
     if record.status == "completed":
         for old in (pdir / f"{stem}{PARTIAL}.json", pdir / f"{stem}{PARTIAL}{RUN_SUFFIX}"):
             old.unlink(missing_ok=True)
+    elif out_path is None:
+        # An earlier partial program no longer has a record that describes it.
+        (pdir / f"{stem}.json").unlink(missing_ok=True)
     return out_path, rec_path
 
 

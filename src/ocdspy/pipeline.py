@@ -8,6 +8,7 @@ what depends on it; DSPy's cache makes even a redone optimization cheap when mos
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -105,11 +106,16 @@ def run_pipeline(
 
     with (
         project_lock(data_lock_dir(settings.data.processed_dir), "pipeline"),
-        project_lock(outputs_lock_dir(settings), "pipeline"),
+        contextlib.ExitStack() as later,
     ):
-        remove_stale_temps(settings.outputs.dir)
+        # The outputs lock is taken once validation passed: a failed check writes nothing.
+        def lock_outputs() -> None:
+            later.enter_context(project_lock(outputs_lock_dir(settings), "pipeline"))
+            remove_stale_temps(settings.outputs.dir)
+
         return _run_pipeline(
             settings,
+            lock_outputs,
             name=name,
             force=force,
             install_to=install_to,
@@ -123,6 +129,7 @@ def run_pipeline(
 
 def _run_pipeline(
     settings: Settings,
+    lock_outputs: Callable[[], None],
     *,
     name: str | None,
     force: bool,
@@ -175,6 +182,7 @@ def _run_pipeline(
             f"`ocdspy validate {d.raw_dir}` shows why"
         )
     result.sessions = report.total_sessions
+    lock_outputs()
     done("validate", "ran", f"{report.total_sessions} sessions, {report.total_examples} turns", t0)
 
     # convert: its manifest knows whether anything changed.
