@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from ocdspy.artifacts import write_jsonl_atomic
 from ocdspy.config import ModelSettings, Settings
 from ocdspy.convert import Example, ExampleAction
 from ocdspy.errors import DataError, ModelError
 from ocdspy.evaluate import bootstrap_ci, evaluate, render_markdown, resolve_program
 from ocdspy.optimize import LMs, optimize
+from ocdspy.split import write_split
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lm_fakes import SchemaEngine, schema_lm
@@ -96,8 +96,7 @@ def settings_for(tmp_path: Path) -> Settings:
     train = [ex(i, [("edit", "src/a.py")]) for i in range(4)]
     # Validation: sessions whose first step is `edit` and one whose first step is `glob`.
     val = [ex(10 + i, [("edit", "src/a.py")]) for i in range(3)] + [ex(20, [("glob", "*.py")])]
-    write_jsonl_atomic(tmp_path / "splits" / "train.jsonl", train)
-    write_jsonl_atomic(tmp_path / "splits" / "val.jsonl", val)
+    write_split(tmp_path / "splits", train, val)
     s = Settings()
     s.data.splits_dir = tmp_path / "splits"
     s.outputs.dir = tmp_path / "outputs"
@@ -281,8 +280,7 @@ def test_end_to_end_with_the_local_model(tmp_path: Path) -> None:
         by_session.setdefault(e.session_id, []).append(e)
     # A small split (about 15 LM calls): two short sessions to learn from, one to validate on.
     short = sorted(by_session.values(), key=lambda g: (sum(len(e.actions) for e in g), g[0].id))
-    write_jsonl_atomic(tmp_path / "splits" / "train.jsonl", [e for g in short[:2] for e in g])
-    write_jsonl_atomic(tmp_path / "splits" / "val.jsonl", short[2])
+    write_split(tmp_path / "splits", [e for g in short[:2] for e in g], short[2])
     s = load_settings(repo / "examples" / "config.yaml").settings
     s.data.splits_dir = tmp_path / "splits"
     s.outputs.dir = tmp_path / "outputs"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ocdspy.artifacts import file_sha256, write_jsonl_atomic
+from ocdspy.artifacts import file_sha256
 from ocdspy.config import ModelSettings, Settings
 from ocdspy.convert import Example, ExampleAction
 from ocdspy.errors import ConfigError, DataError
@@ -22,6 +22,7 @@ from ocdspy.optimize import (
     preflight,
     selection_split,
 )
+from ocdspy.split import write_split
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lm_fakes import SchemaEngine, schema_lm
@@ -69,8 +70,9 @@ def example(i: int) -> Example:
 
 def make_settings(tmp_path: Path, n_train: int = 6, n_val: int = 4, **opt: object) -> Settings:
     splits = tmp_path / "splits"
-    write_jsonl_atomic(splits / "train.jsonl", [example(i) for i in range(n_train)])
-    write_jsonl_atomic(splits / "val.jsonl", [example(100 + i) for i in range(n_val)])
+    write_split(
+        splits, [example(i) for i in range(n_train)], [example(100 + i) for i in range(n_val)]
+    )
     s = Settings()
     s.data.splits_dir = splits
     s.outputs.dir = tmp_path / "outputs"
@@ -153,7 +155,7 @@ def test_ctrl_c_keeps_best_so_far_and_record(tmp_path: Path) -> None:
         optimize(s, lms=fake_lms(engine), name="cc")
     res = info.value.result
     assert res.interrupted
-    rec = load_record(s.outputs.programs_dir / "cc.run.json")
+    rec = load_record(s.outputs.programs_dir / "cc.partial.run.json")
     assert rec.status == "interrupted"
     assert rec.trials, "candidates scored before the interrupt are in the record"
     assert rec.resume_hint is not None and "re-run" in rec.resume_hint
@@ -167,7 +169,8 @@ def test_ctrl_c_before_any_score_saves_no_program(tmp_path: Path) -> None:
         optimize(s, lms=fake_lms(SchemaEngine(interrupt_after=1)), name="early")
     assert info.value.result.program_path is None
     assert not (s.outputs.programs_dir / "early.json").exists()
-    assert load_record(s.outputs.programs_dir / "early.run.json").status == "interrupted"
+    assert load_record(s.outputs.programs_dir / "early.partial.run.json").status == "interrupted"
+    assert not (s.outputs.programs_dir / "early.partial.json").exists()
 
 
 def test_dry_run_spends_nothing(tmp_path: Path) -> None:

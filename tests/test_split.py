@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ocdspy.artifacts import write_jsonl_atomic
-from ocdspy.convert import Example
+from ocdspy.artifacts import write_jsonl_atomic, write_model_atomic
+from ocdspy.convert import ConvertManifest, ConvertSettings, Example
 from ocdspy.errors import DataError
-from ocdspy.split import assign, split
+from ocdspy.split import assign, load_split, split
 
 
 def ex(sid: str, turn: int = 0, ok: bool = True, parent: str | None = None) -> Example:
@@ -33,6 +33,27 @@ def corpus(n_ok: int = 16, n_fail: int = 4, turns: int = 2) -> list[Example]:
         ok = i < n_ok
         out += [ex(f"s{i:02d}", t, ok) for t in range(turns)]
     return out
+
+
+def write_examples(path: Path, examples: list[Example]) -> Path:
+    """examples.jsonl plus the convert manifest split checks it against."""
+    _, sha = write_jsonl_atomic(path, examples)
+    write_model_atomic(
+        path.parent / "manifest.json",
+        ConvertManifest(
+            settings=ConvertSettings(require_success=True, result_max_chars=2000, redact=True),
+            sources=[],
+            sessions_read=0,
+            turns_in=len(examples),
+            examples_kept=len(examples),
+            dropped={},
+            redactions={},
+            problems=[],
+            output=path.name,
+            output_sha256=sha,
+        ),
+    )
+    return path
 
 
 def test_sessions_never_straddle_and_sub_agents_follow_their_parent() -> None:
@@ -68,8 +89,7 @@ def test_tiny_fraction_still_gives_both_sides_one_session() -> None:
 
 
 def test_split_writes_files_and_manifest(tmp_path: Path) -> None:
-    src = tmp_path / "examples.jsonl"
-    write_jsonl_atomic(src, corpus())
+    src = write_examples(tmp_path / "processed" / "examples.jsonl", corpus())
     res = split(src, tmp_path / "splits", train_fraction=0.2, seed=0)
     m = res.manifest
     assert m.train.examples + m.val.examples == 40
@@ -80,6 +100,20 @@ def test_split_writes_files_and_manifest(tmp_path: Path) -> None:
     assert (
         split(src, tmp_path / "splits", train_fraction=0.2, seed=0).train_path.read_bytes() == first
     )
+    loaded = load_split(tmp_path / "splits")
+    assert len(loaded.train) == m.train.examples and loaded.manifest == m
+
+
+def test_split_refuses_examples_without_a_matching_convert_manifest(tmp_path: Path) -> None:
+    src = write_examples(tmp_path / "processed" / "examples.jsonl", corpus())
+    write_jsonl_atomic(src, corpus(n_ok=3))  # new examples, old manifest
+    with pytest.raises(DataError, match=r"examples\.jsonl: does not match") as info:
+        split(src, tmp_path / "splits")
+    assert "ocdspy convert" in str(info.value)
+    (tmp_path / "processed" / "manifest.json").unlink()
+    with pytest.raises(DataError, match="no convert manifest"):
+        split(src, tmp_path / "splits")
+    assert not (tmp_path / "splits" / "train.jsonl").exists()
 
 
 @settings(max_examples=60, deadline=None)

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ocdspy import __version__
 from ocdspy.display import printable, show_path
-from ocdspy.errors import OcdspyError
+from ocdspy.errors import Interrupted, OcdspyError
 
 app = typer.Typer(
     name="ocdspy",
@@ -54,12 +54,16 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable 
 
 
 def handle_errors(fn: F) -> F:
-    """Turn OcdspyError into one red line on stderr and its exit code."""
+    """Turn OcdspyError into one red line on stderr and its exit code, and a stage's Ctrl-C
+    (`Interrupted`) into one line saying what was kept, exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except Interrupted as e:
+            err.print(f"[yellow]interrupted:[/] {e.kept}", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
         except OcdspyError as e:
             if _state["debug"]:
                 err.print_exception()
@@ -627,6 +631,7 @@ def export(
         set_default=set_default,
         force=force,
     )
+    err.print(f"program: {res.program_used}", highlight=False, soft_wrap=True)
     for w in res.warnings:
         _warn(w)
     if as_json:
@@ -921,7 +926,11 @@ def optimize(
         r = e.result
         err.print("[yellow]interrupted.[/]", highlight=False)
         if r.program_path is not None:
-            err.print(f"best program so far saved to {_rel(r.program_path)}", soft_wrap=True)
+            err.print(
+                f"best program so far saved to {_rel(r.program_path)}; any completed "
+                f"{r.name}.json is unchanged",
+                soft_wrap=True,
+            )
         else:
             err.print("no candidate had been scored yet: no program saved", soft_wrap=True)
         if r.record_path is not None:
@@ -1017,6 +1026,7 @@ def evaluate(
 
     with progress:
         res = run_evaluate(s, program, resamples=resamples, on_progress=on_progress)
+    err.print(f"program: {res.program_used}", highlight=False, soft_wrap=True)
     r = res.report
     if as_json:
         out.print_json(r.model_dump_json(exclude={"results"}))

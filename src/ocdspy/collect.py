@@ -25,8 +25,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ocdspy import __version__
-from ocdspy.artifacts import atomic_writer
-from ocdspy.errors import DataError
+from ocdspy.artifacts import atomic_writer, on_interrupt, remove_stale_temps, temp_path
+from ocdspy.errors import DataError, Interrupted
+from ocdspy.lock import data_lock_dir, project_lock
 from ocdspy.sessions.model import SessionLog
 from ocdspy.sessions.opencode import (
     FORMAT_DB,
@@ -244,8 +245,9 @@ def _save_state(path: Path, sessions: dict[str, dict[str, Any]]) -> None:
 
 
 def _write_session(path: Path, text: str) -> None:
-    """Replace `path` in one rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Replace `path` in one rename, so a reader never sees half a file. The temp name is
+    unique and the file mode 0600 (it holds session text)."""
+    tmp = temp_path(path)
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
@@ -284,123 +286,135 @@ def collect(
     `limit` keeps the most recently updated ones. Sessions already collected and unchanged since
     are skipped unless `force`.
     """
-    loc = find_store(db=db, storage=storage, environ=environ)
-    since_ms = parse_since(since) if isinstance(since, str) else since
-    want_agents, want_models = list(agents), list(models)
-    want_ids = list(dict.fromkeys(sessions))
-    roots_wanted = [str(p.expanduser().resolve()) for p in project] + [
-        os.path.abspath(p.expanduser()) for p in project
-    ]
-    if limit is not None and limit < 1:
-        raise DataError(f"--limit {limit}: must be at least 1")
+    with (
+        on_interrupt(lambda: f"no session written to {out_dir}"),
+        project_lock(data_lock_dir(out_dir), "collect"),
+    ):
+        remove_stale_temps(out_dir)
+        loc = find_store(db=db, storage=storage, environ=environ)
+        since_ms = parse_since(since) if isinstance(since, str) else since
+        want_agents, want_models = list(agents), list(models)
+        want_ids = list(dict.fromkeys(sessions))
+        roots_wanted = [str(p.expanduser().resolve()) for p in project] + [
+            os.path.abspath(p.expanduser()) for p in project
+        ]
+        if limit is not None and limit < 1:
+            raise DataError(f"--limit {limit}: must be at least 1")
 
-    problems: list[Problem] = []
-    state_path = out_dir / STATE_FILE
-    state = _load_state(state_path, problems)
-    new_state = dict(state)
-    store = open_store(loc, busy_timeout=busy_timeout)
-    result = CollectResult(store=loc, out_dir=out_dir, state_path=state_path, sessions_in_store=0)
-    try:
+        problems: list[Problem] = []
+        state_path = out_dir / STATE_FILE
+        state = _load_state(state_path, problems)
+        new_state = dict(state)
+        store = open_store(loc, busy_timeout=busy_timeout)
+        result = CollectResult(
+            store=loc, out_dir=out_dir, state_path=state_path, sessions_in_store=0
+        )
         try:
-            headers = store.headers()
-        except StoreError as e:
-            raise DataError(f"{loc.path}: {e}") from None
-        problems.extend(store.take_problems())
-        result.sessions_in_store = len(headers)
-        by_id = {h.id: h for h in headers}
-        children: dict[str, list[SessionHeader]] = defaultdict(list)
-        for h in headers:
-            if h.parent_id and h.parent_id in by_id:
-                children[h.parent_id].append(h)
+            try:
+                headers = store.headers()
+            except StoreError as e:
+                raise DataError(f"{loc.path}: {e}") from None
+            problems.extend(store.take_problems())
+            result.sessions_in_store = len(headers)
+            by_id = {h.id: h for h in headers}
+            children: dict[str, list[SessionHeader]] = defaultdict(list)
+            for h in headers:
+                if h.parent_id and h.parent_id in by_id:
+                    children[h.parent_id].append(h)
 
-        if want_ids:
-            roots = [by_id[i] for i in want_ids if i in by_id]
-            problems.extend(
-                Problem(str(loc.path), f"session {i}", "no such session in this store")
-                for i in want_ids
-                if i not in by_id
-            )
-        else:
-            roots = [h for h in headers if not h.parent_id or h.parent_id not in by_id]
-        if roots_wanted:
-            roots = [h for h in roots if _under(h.directory, roots_wanted)]
-        if since_ms is not None:
-            roots = [h for h in roots if h.time_updated >= since_ms]
-        roots.sort(key=lambda h: (-h.time_updated, h.id))
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-        def take(header: SessionHeader, *, check_filters: bool) -> bool:
-            """Collect one session unless unchanged; False when filtered out or unreadable."""
-            entry = state.get(header.id)
-            file = entry.get("file") if isinstance(entry, dict) else None
-            unchanged = (
-                not force
-                and isinstance(entry, dict)
-                and entry.get("updated") == header.time_updated
-                and (file is None or (out_dir / str(file)).is_file())
-            )
-            log: SessionLog | None = None
-            if unchanged:
-                assert isinstance(entry, dict)
-                found_agents, found_models = entry.get("agents", []), entry.get("models", [])
-            else:
-                log = _read_one(store, header, problems)
-                if log is None:
-                    return False
-                found_agents, found_models = _agents_models(log)
-            if check_filters:
-                if want_agents and not set(want_agents) & set(found_agents):
-                    return False
-                if want_models and not _model_matches(want_models, found_models):
-                    return False
-            result.selected += 1
-            if log is None:
-                result.unchanged += 1
-                return True
-            name = session_file_name(header.id) if log.examples else None
-            if name is None:
-                result.empty += 1
-            else:
-                _write_session(
-                    out_dir / name, log.model_dump_json(indent=2, exclude_none=True) + "\n"
+            if want_ids:
+                roots = [by_id[i] for i in want_ids if i in by_id]
+                problems.extend(
+                    Problem(str(loc.path), f"session {i}", "no such session in this store")
+                    for i in want_ids
+                    if i not in by_id
                 )
-                result.written.append(header.id)
-            new_state[header.id] = {
-                "updated": header.time_updated,
-                "file": name,
-                "agents": found_agents,
-                "models": found_models,
-                "parent": header.parent_id,
-            }
-            return True
-
-        chosen = 0
-        for n, root in enumerate(roots):
-            if limit is not None and chosen >= limit:
-                break
-            if on_progress:
-                on_progress(n, len(roots))
-            if not take(root, check_filters=True):
-                continue
-            chosen += 1
-            queue = list(children.get(root.id, ()))
-            while queue:
-                child = queue.pop(0)
-                take(child, check_filters=False)
-                queue.extend(children.get(child.id, ()))
-        if on_progress:
-            on_progress(len(roots), len(roots))
-    finally:
-        store.close()
-        if result.written and hasattr(os, "sync"):
-            # Session files are renamed into place without an fsync each (that cost more than
-            # all the rest of collect); one sync makes them durable before the state says so.
-            os.sync()
-        if new_state != state or not state_path.exists():
+            else:
+                roots = [h for h in headers if not h.parent_id or h.parent_id not in by_id]
+            if roots_wanted:
+                roots = [h for h in roots if _under(h.directory, roots_wanted)]
+            if since_ms is not None:
+                roots = [h for h in roots if h.time_updated >= since_ms]
+            roots.sort(key=lambda h: (-h.time_updated, h.id))
             out_dir.mkdir(parents=True, exist_ok=True)
-            _save_state(state_path, new_state)
-    result.problems = problems
-    return result
+
+            def take(header: SessionHeader, *, check_filters: bool) -> bool:
+                """Collect one session unless unchanged; False when filtered out or unreadable."""
+                entry = state.get(header.id)
+                file = entry.get("file") if isinstance(entry, dict) else None
+                unchanged = (
+                    not force
+                    and isinstance(entry, dict)
+                    and entry.get("updated") == header.time_updated
+                    and (file is None or (out_dir / str(file)).is_file())
+                )
+                log: SessionLog | None = None
+                if unchanged:
+                    assert isinstance(entry, dict)
+                    found_agents, found_models = entry.get("agents", []), entry.get("models", [])
+                else:
+                    log = _read_one(store, header, problems)
+                    if log is None:
+                        return False
+                    found_agents, found_models = _agents_models(log)
+                if check_filters:
+                    if want_agents and not set(want_agents) & set(found_agents):
+                        return False
+                    if want_models and not _model_matches(want_models, found_models):
+                        return False
+                result.selected += 1
+                if log is None:
+                    result.unchanged += 1
+                    return True
+                name = session_file_name(header.id) if log.examples else None
+                if name is None:
+                    result.empty += 1
+                else:
+                    _write_session(
+                        out_dir / name, log.model_dump_json(indent=2, exclude_none=True) + "\n"
+                    )
+                    result.written.append(header.id)
+                new_state[header.id] = {
+                    "updated": header.time_updated,
+                    "file": name,
+                    "agents": found_agents,
+                    "models": found_models,
+                    "parent": header.parent_id,
+                }
+                return True
+
+            chosen = 0
+            for n, root in enumerate(roots):
+                if limit is not None and chosen >= limit:
+                    break
+                if on_progress:
+                    on_progress(n, len(roots))
+                if not take(root, check_filters=True):
+                    continue
+                chosen += 1
+                queue = list(children.get(root.id, ()))
+                while queue:
+                    child = queue.pop(0)
+                    take(child, check_filters=False)
+                    queue.extend(children.get(child.id, ()))
+            if on_progress:
+                on_progress(len(roots), len(roots))
+        except KeyboardInterrupt as e:
+            raise Interrupted(
+                f"{len(result.written)} session(s) written to {out_dir} before the interrupt "
+                f"and recorded in {STATE_FILE}; a re-run collects the rest"
+            ) from e
+        finally:
+            store.close()
+            if result.written and hasattr(os, "sync"):
+                # Session files are renamed into place without an fsync each (that cost more than
+                # all the rest of collect); one sync makes them durable before the state says so.
+                os.sync()
+            if new_state != state or not state_path.exists():
+                out_dir.mkdir(parents=True, exist_ok=True)
+                _save_state(state_path, new_state)
+        result.problems = problems
+        return result
 
 
 def _read_one(

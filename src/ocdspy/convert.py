@@ -17,8 +17,16 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ocdspy import __version__
-from ocdspy.artifacts import atomic_writer, file_sha256, write_model_atomic
+from ocdspy.artifacts import (
+    Staged,
+    file_sha256,
+    kept_after_interrupt,
+    on_interrupt,
+    read_verified,
+    remove_stale_temps,
+)
 from ocdspy.errors import DataError
+from ocdspy.lock import data_lock_dir, project_lock
 from ocdspy.redact import redact_text, redact_value
 from ocdspy.sessions.model import Action, Context, SessionLog, Turn
 from ocdspy.sessions.read import Problem, SessionRead, Source, discover, iter_sessions
@@ -375,11 +383,32 @@ def convert(
     """Convert every readable session under `inputs` into `out_dir/examples.jsonl`.
 
     Unreadable files are reported and skipped; the run goes on. Re-running with unchanged inputs
-    and settings rewrites nothing (`cached=True`) unless `force`.
+    and settings rewrites nothing (`cached=True`) unless `force`. The examples and the manifest
+    (which holds the examples' hash) are renamed into place together at the end, under the
+    project lock; Ctrl-C before that leaves both as they were and raises `Interrupted`.
     """
     settings = ConvertSettings(
         require_success=require_success, result_max_chars=result_max_chars, redact=redact
     )
+    staged = Staged()
+    files = f"{out_dir / EXAMPLES_FILE} and {MANIFEST_FILE}"
+    with (
+        on_interrupt(lambda: kept_after_interrupt(staged, files)),
+        project_lock(data_lock_dir(out_dir), "convert"),
+    ):
+        remove_stale_temps(out_dir)
+        return _convert(inputs, out_dir, settings, staged, base_dir=base_dir, force=force)
+
+
+def _convert(
+    inputs: list[Path],
+    out_dir: Path,
+    settings: ConvertSettings,
+    staged: Staged,
+    *,
+    base_dir: Path | None,
+    force: bool,
+) -> ConvertResult:
     found = discover(inputs)
     if not found.sources:
         where = ", ".join(str(p) for p in inputs)
@@ -421,80 +450,141 @@ def convert(
                 problems=list(found.problems),
             )
 
-    counts: Counter[str] = Counter()
-    dropped: Counter[str] = Counter()
-    problems: list[Problem] = list(found.problems)
-    sessions_read = turns_in = kept = 0
+    run = _Run(problems=list(found.problems))
     by_path = {str(s.path): entries[id(s)] for s in found.sources}
-    h = hashlib.sha256()
-    with atomic_writer(examples_path, "wb") as f:
-        for item in iter_sessions(found.sources):
-            if isinstance(item, Problem):
-                problems.append(item)
-                if item.severity == "error" and item.where == "session":
-                    dropped["duplicate session"] += 1
-                continue
-            sessions_read += 1
-            entry = by_path.get(str(item.file))
-            if entry is not None:
-                entry.sessions += 1
-            for i, turn in enumerate(item.session.examples):
-                turns_in += 1
-                if not turn.input.task.strip():
-                    dropped["empty task"] += 1
-                    continue
-                if not turn.actions and not turn.output.response.strip():
-                    dropped["no actions and no response"] += 1
-                    continue
-                if require_success and not item.session.turn_success(i):
-                    dropped["unsuccessful (require_success)"] += 1
-                    continue
-                source = entry.path if entry is not None else item.file.as_posix()
-                ex = turn_to_example(item, i, settings, counts, source)
-                line = ex.model_dump_json().encode("utf-8") + b"\n"
-                h.update(line)
-                f.write(line)
-                kept += 1
-                if entry is not None:
-                    entry.examples += 1
-
-    manifest = ConvertManifest(
-        settings=settings,
-        sources=list(entries.values()),
-        sessions_read=sessions_read,
-        turns_in=turns_in,
-        examples_kept=kept,
-        dropped=dict(sorted(dropped.items())),
-        redactions=dict(sorted(counts.items())),
-        problems=[
-            str(Problem(_display_path(Path(p.file), base), p.where, p.message, p.severity))
-            for p in problems
-        ],
-        output=EXAMPLES_FILE,
-        output_sha256=h.hexdigest(),
-    )
-    write_model_atomic(manifest_path, manifest)
+    with staged:
+        with staged.writer(examples_path, "wb") as f:
+            output_sha256 = _write_examples(f, found.sources, by_path, settings, run)
+        manifest = ConvertManifest(
+            settings=settings,
+            sources=list(entries.values()),
+            sessions_read=run.sessions_read,
+            turns_in=run.turns_in,
+            examples_kept=run.kept,
+            dropped=dict(sorted(run.dropped.items())),
+            redactions=dict(sorted(run.counts.items())),
+            problems=[
+                str(Problem(_display_path(Path(p.file), base), p.where, p.message, p.severity))
+                for p in run.problems
+            ],
+            output=EXAMPLES_FILE,
+            output_sha256=output_sha256,
+        )
+        staged.model(manifest_path, manifest)  # last: it names the examples' hash
     return ConvertResult(
         examples_path=examples_path,
         manifest_path=manifest_path,
         manifest=manifest,
-        problems=problems,
+        problems=run.problems,
     )
 
 
+class _Run:
+    """What one conversion counted."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        self.counts: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.sessions_read = self.turns_in = self.kept = 0
+
+
+def _write_examples(
+    f: Any,
+    sources: list[Source],
+    by_path: dict[str, SourceEntry],
+    settings: ConvertSettings,
+    run: _Run,
+) -> str:
+    """Write one JSON line per kept turn to `f`; return the SHA-256 of what was written."""
+    h = hashlib.sha256()
+    for item in iter_sessions(sources):
+        if isinstance(item, Problem):
+            run.problems.append(item)
+            if item.severity == "error" and item.where == "session":
+                run.dropped["duplicate session"] += 1
+            continue
+        run.sessions_read += 1
+        entry = by_path.get(str(item.file))
+        if entry is not None:
+            entry.sessions += 1
+        for i, turn in enumerate(item.session.examples):
+            run.turns_in += 1
+            if not turn.input.task.strip():
+                run.dropped["empty task"] += 1
+                continue
+            if not turn.actions and not turn.output.response.strip():
+                run.dropped["no actions and no response"] += 1
+                continue
+            if settings.require_success and not item.session.turn_success(i):
+                run.dropped["unsuccessful (require_success)"] += 1
+                continue
+            source = entry.path if entry is not None else item.file.as_posix()
+            ex = turn_to_example(item, i, settings, run.counts, source)
+            line = ex.model_dump_json().encode("utf-8") + b"\n"
+            h.update(line)
+            f.write(line)
+            run.kept += 1
+            if entry is not None:
+                entry.examples += 1
+    return h.hexdigest()
+
+
 def load_examples(path: Path) -> list[Example]:
+    """Examples from a JSON Lines file, unchecked: stages use `load_verified_examples` or
+    `ocdspy.split.load_split`, which check the file against its manifest first."""
     if not path.is_file():
         raise DataError(f"{path}: no examples file", hint="run `ocdspy convert` first")
+    return parse_examples(path.read_bytes(), path)
+
+
+def parse_examples(data: bytes, path: Path) -> list[Example]:
     out = []
-    with path.open("rb") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(Example.model_validate_json(line))
-            except ValueError as e:
-                raise DataError(
-                    f"{path}: line {n}: not an example ({str(e).splitlines()[0]})",
-                    hint="re-run `ocdspy convert`",
-                ) from None
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(Example.model_validate_json(line))
+        except ValueError as e:
+            raise DataError(
+                f"{path}: line {n}: not an example ({str(e).splitlines()[0]})",
+                hint="re-run `ocdspy convert`",
+            ) from None
     return out
+
+
+def _convert_manifest(examples_path: Path) -> tuple[ConvertManifest, Path]:
+    manifest_path = examples_path.parent / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise DataError(
+            f"{examples_path}: no convert manifest beside it ({manifest_path}), so its content "
+            "cannot be checked",
+            hint=f"re-run `{_RERUN}`",
+        )
+    try:
+        m = ConvertManifest.model_validate_json(manifest_path.read_bytes())
+    except ValueError as e:
+        raise DataError(
+            f"{manifest_path}: not a convert manifest ({str(e).splitlines()[0]})",
+            hint=f"re-run `{_RERUN}`",
+        ) from None
+    if m.output != examples_path.name:
+        raise DataError(
+            f"{examples_path}: {manifest_path} describes {m.output}, not this file",
+            hint=f"re-run `{_RERUN}`",
+        )
+    return m, manifest_path
+
+
+_RERUN = "ocdspy convert"
+
+
+def load_verified_examples(examples_path: Path) -> tuple[list[Example], ConvertManifest, str]:
+    """(examples, their manifest, their SHA-256), refused unless the file is the one convert's
+    manifest beside it describes (a run killed between its two renames, an edit, another
+    conversion). Every stage that reads convert's output goes through here."""
+    if not examples_path.is_file():
+        raise DataError(f"{examples_path}: no examples file", hint="run `ocdspy convert` first")
+    m, manifest_path = _convert_manifest(examples_path)
+    data = read_verified(examples_path, m.output_sha256, manifest=manifest_path, rerun=_RERUN)
+    return parse_examples(data, examples_path), m, m.output_sha256

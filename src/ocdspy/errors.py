@@ -29,3 +29,16 @@ class DataError(OcdspyError):
 
 class ModelError(OcdspyError):
     """A language model could not be set up or called."""
+
+
+class ProjectBusy(OcdspyError):
+    """Another ocdspy process holds the project lock (it is writing in the same project)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a stage: `kept` says, in one line, what is on disk now. The CLI prints it and
+    exits 130."""
+
+    def __init__(self, kept: str) -> None:
+        super().__init__(kept)
+        self.kept = kept

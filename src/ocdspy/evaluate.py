@@ -22,12 +22,14 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, Field
 
 from ocdspy import __version__
-from ocdspy.artifacts import write_model_atomic, write_text_atomic
+from ocdspy.artifacts import Staged, file_sha256, remove_stale_temps
 from ocdspy.config import ModelSettings, Settings
 from ocdspy.display import printable
 from ocdspy.errors import DataError, ModelError
+from ocdspy.lock import outputs_lock_dir, project_lock
 from ocdspy.metric import COMPONENTS, as_calls, score_prediction
 from ocdspy.optimize import (
+    PARTIAL,
     RUN_SUFFIX,
     LMs,
     ModelUsage,
@@ -77,6 +79,7 @@ class Report(BaseModel):
     stage: str = "evaluate"
     name: str
     program_path: str
+    program_sha256: str | None = None
     program: str
     optimizer: str | None
     metric: str
@@ -102,6 +105,7 @@ class EvaluateResult(BaseModel):
     report: Report
     json_path: Path
     markdown_path: Path
+    program_used: str = Field("", description="Which program file, and from what kind of run.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,8 +168,16 @@ def _show(obj: Any, plan: bool) -> str:
     return f"{get('tool', '') or '?'} {str(get('target', '') or '')[:160]}".strip()
 
 
+def _stem(path: Path) -> str:
+    return path.name[: -len(".json")] if path.name.endswith(".json") else path.stem
+
+
 def resolve_program(settings: Settings, program: str | Path | None) -> Path:
-    """A name in programs_dir, a path, or (None) the newest program there."""
+    """A name in programs_dir, a path, or (None) the newest completed program there.
+
+    The best candidate of an interrupted or failed run (`NAME.partial.json`) is used only when
+    named (`NAME.partial`), never by default.
+    """
     pdir = settings.outputs.programs_dir
     if program is None:
         found = (
@@ -176,12 +188,20 @@ def resolve_program(settings: Settings, program: str | Path | None) -> Path:
             if pdir.is_dir()
             else []
         )
-        if not found:
+        completed = [p for p in found if not _stem(p).endswith(PARTIAL)]
+        if completed:
+            return completed[-1]
+        if found:
             raise DataError(
-                f"no optimized program in {pdir}",
-                hint="run `ocdspy optimize` first, or name a program file",
+                f"no completed program in {pdir}; {found[-1].name} is the best candidate of an "
+                "interrupted or failed run",
+                hint=f"name it to use it anyway (`{_stem(found[-1])}`), or re-run "
+                "`ocdspy optimize`",
             )
-        return found[-1]
+        raise DataError(
+            f"no optimized program in {pdir}",
+            hint="run `ocdspy optimize` first, or name a program file",
+        )
     p = Path(program)
     for cand in (p, pdir / p, pdir / f"{p}.json"):
         if cand.is_file():
@@ -192,14 +212,61 @@ def resolve_program(settings: Settings, program: str | Path | None) -> Path:
     )
 
 
-def _record_for(path: Path) -> RunRecord | None:
-    rec = path.with_name(path.name[: -len(".json")] + RUN_SUFFIX)
-    if rec.is_file():
-        try:
-            return load_record(rec)
-        except ValueError:
-            return None
-    return None
+def record_path_for(program_path: Path) -> Path:
+    return program_path.with_name(_stem(program_path) + RUN_SUFFIX)
+
+
+def record_for(path: Path) -> RunRecord | None:
+    """The run record written with the program at `path`, refused when it names another
+    program (a run killed between writing the two, or a file edited since)."""
+    rec = record_path_for(path)
+    if not rec.is_file():
+        return None
+    try:
+        record = load_record(rec)
+    except ValueError:
+        return None
+    if record.program_sha256 is not None and record.program_sha256 != file_sha256(path):
+        raise DataError(
+            f"{path}: does not match its run record {rec.name} (SHA-256 differs)",
+            hint=f"re-run `ocdspy optimize --name {record.name}`",
+        )
+    return record
+
+
+def report_for(program_path: Path, reports_dir: Path) -> Path | None:
+    """The evaluation report of the program at `program_path`, if there is one; refused when it
+    scored another program (re-optimized since, or a killed run)."""
+    stem = _stem(program_path)
+    path = reports_dir / f"{stem}.json"
+    if not path.is_file():
+        return None
+    try:
+        scored = Report.model_validate_json(path.read_bytes()).program_sha256
+    except ValueError:
+        scored = None
+    if scored != file_sha256(program_path):
+        raise DataError(
+            f"{path}: this report did not score {program_path} as it is now (its SHA-256 "
+            "differs or is not recorded)",
+            hint=f"re-run `ocdspy evaluate {stem}`",
+        )
+    return path
+
+
+def describe_program(path: Path, record: RunRecord | None) -> str:
+    """What the CLI says about the program it uses: the file and what kind of run made it."""
+    if record is None:
+        kind = "no run record"
+    elif record.status == "completed":
+        kind = f"completed {record.optimizer} run of {record.started[:19]}"
+    else:
+        article = "an" if record.status == "interrupted" else "a"
+        kind = (
+            f"best candidate of {article} {record.status} {record.optimizer} run of "
+            f"{record.started[:19]}, not a completed one"
+        )
+    return f"{path} ({kind})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,14 +376,36 @@ def evaluate(
     confidence: float = 0.95,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> EvaluateResult:
-    """Score the baseline and the optimized program on the validation split."""
+    """Score the baseline and the optimized program on the validation split (under the
+    outputs lock; the report is written as one unit)."""
+    with project_lock(outputs_lock_dir(settings), "evaluate"):
+        remove_stale_temps(settings.outputs.reports_dir)
+        return _evaluate(
+            settings,
+            program,
+            lms=lms,
+            resamples=resamples,
+            confidence=confidence,
+            on_progress=on_progress,
+        )
+
+
+def _evaluate(
+    settings: Settings,
+    program: str | Path | None,
+    *,
+    lms: LMs | None,
+    resamples: int,
+    confidence: float,
+    on_progress: Callable[[str, int, int], None] | None,
+) -> EvaluateResult:
     import dspy
 
     from ocdspy.program.agent import build_program, to_dspy_examples
     from ocdspy.program.render import available_tools
 
     path = resolve_program(settings, program)
-    record = _record_for(path)
+    record = record_for(path)
     splits = load_splits(settings.data.splits_dir)
     mode = record.program if record else settings.optimization.program
     tools = record.tools if record else available_tools(splits.train)
@@ -403,10 +492,11 @@ def evaluate(
     lo, hi = bootstrap_ci(deltas, groups, resamples=resamples, confidence=confidence)
     mean = sum(deltas) / len(deltas)
     worse = sorted((r for r in results if r.delta < 0), key=lambda r: r.delta)
-    name = path.name[: -len(".json")]
+    name = _stem(path)
     report = Report(
         name=name,
         program_path=str(path),
+        program_sha256=file_sha256(path),
         program=mode,
         optimizer=record.optimizer if record else None,
         metric=metric_desc,
@@ -442,9 +532,15 @@ def evaluate(
     report.verdict = verdict(report)
     rdir = settings.outputs.reports_dir
     json_path, md_path = rdir / f"{name}.json", rdir / f"{name}.md"
-    write_model_atomic(json_path, report)
-    write_text_atomic(md_path, render_markdown(report))
-    return EvaluateResult(report=report, json_path=json_path, markdown_path=md_path)
+    with Staged() as staged:
+        staged.text(md_path, render_markdown(report))
+        staged.model(json_path, report)
+    return EvaluateResult(
+        report=report,
+        json_path=json_path,
+        markdown_path=md_path,
+        program_used=describe_program(path, record),
+    )
 
 
 def errors_note(baseline: SideScores, optimized: SideScores, scored: int) -> str | None:

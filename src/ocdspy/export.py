@@ -25,7 +25,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ocdspy import __version__
-from ocdspy.artifacts import atomic_writer, bytes_sha256, write_model_atomic, write_text_atomic
+from ocdspy.artifacts import (
+    atomic_writer,
+    bytes_sha256,
+    remove_stale_temps,
+    write_model_atomic,
+    write_text_atomic,
+)
 from ocdspy.config import Settings
 from ocdspy.display import printable, show_path
 from ocdspy.errors import DataError, OcdspyError
@@ -110,6 +116,7 @@ class ExportResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     demos_dropped: int = 0
     front_matter: AgentFrontMatter
+    program_used: str = Field("", description="Which program file, and from what kind of run.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -823,30 +830,35 @@ def export_program(
     """`export_agent` with everything else found where the other stages put it: the target
     model, the training split (for tool-use habits and the session count), the program's
     evaluation report and run record."""
-    stem = (
-        program_path.name[: -len(".json")]
-        if program_path.name.endswith(".json")
-        else program_path.stem
-    )
-    split_manifest = settings.data.splits_dir / "manifest.json"
-    sessions = None
-    if split_manifest.is_file():
-        sessions = json.loads(split_manifest.read_text()).get("train", {}).get("sessions")
-    record = program_path.with_name(f"{stem}.run.json")
-    target = settings.models.target
-    return export_agent(
-        program_path,
-        settings.outputs.prompts_dir,
-        target_provider=target.provider,
-        target_model=target.model,
-        temperature=target.temperature,
-        name=name,
-        mode=mode,
-        examples_path=settings.data.splits_dir / "train.jsonl",
-        report_path=settings.outputs.reports_dir / f"{stem}.json",
-        run_record_path=record if record.is_file() else None,
-        sessions=sessions,
-        install_to=install_to,
-        set_default=set_default,
-        force=force,
-    )
+    from ocdspy.evaluate import describe_program, record_for, record_path_for, report_for
+    from ocdspy.lock import outputs_lock_dir, project_lock
+    from ocdspy.split import MANIFEST_FILE, TRAIN_FILE, load_split
+
+    with project_lock(outputs_lock_dir(settings), "export"):
+        remove_stale_temps(settings.outputs.prompts_dir)
+        # Every input is checked against the hash its producer recorded before it is used.
+        record = record_for(program_path)
+        report_path = report_for(program_path, settings.outputs.reports_dir)
+        splits_dir = settings.data.splits_dir
+        sessions = None
+        if (splits_dir / MANIFEST_FILE).is_file() or (splits_dir / TRAIN_FILE).is_file():
+            sessions = load_split(splits_dir).manifest.train.sessions
+        target = settings.models.target
+        result = export_agent(
+            program_path,
+            settings.outputs.prompts_dir,
+            target_provider=target.provider,
+            target_model=target.model,
+            temperature=target.temperature,
+            name=name,
+            mode=mode,
+            examples_path=splits_dir / TRAIN_FILE,
+            report_path=report_path,
+            run_record_path=record_path_for(program_path) if record else None,
+            sessions=sessions,
+            install_to=install_to,
+            set_default=set_default,
+            force=force,
+        )
+    result.program_used = describe_program(program_path, record)
+    return result

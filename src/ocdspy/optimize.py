@@ -28,13 +28,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ocdspy import __version__
-from ocdspy.artifacts import file_sha256, write_model_atomic
+from ocdspy.artifacts import Staged, file_sha256, remove_stale_temps
 from ocdspy.config import ModelSettings, Settings, capable_teacher_warning
-from ocdspy.convert import Example, load_examples
+from ocdspy.convert import Example
 from ocdspy.errors import ConfigError, DataError, ModelError
-from ocdspy.split import TRAIN_FILE, VAL_FILE
+from ocdspy.lock import outputs_lock_dir, project_lock
+from ocdspy.split import load_split
 
 RUN_SUFFIX = ".run.json"
+# An interrupted or failed run's best candidate and record: NAME.partial.json and
+# NAME.partial.run.json, beside the last completed NAME.json / NAME.run.json, never over them.
+PARTIAL = ".partial"
 # Roles: the target model plays the agent; the teacher proposes instructions, reflects (GEPA)
 # and bootstraps demos.
 TEACHER_USE: dict[str, str] = {
@@ -136,6 +140,7 @@ class RunRecord(BaseModel):
     started: str
     duration_s: float
     program_path: str | None
+    program_sha256: str | None = None
     metric: str
     resume_hint: str | None = None
     error: str | None = None
@@ -170,24 +175,23 @@ class Splits(BaseModel):
 
 
 def load_splits(splits_dir: Path) -> Splits:
-    train_path, val_path = splits_dir / TRAIN_FILE, splits_dir / VAL_FILE
-    for p in (train_path, val_path):
-        if not p.is_file():
-            raise DataError(f"{p}: split not found", hint="run `ocdspy split` first")
-    train, val = load_examples(train_path), load_examples(val_path)
+    """The split, checked by `ocdspy.split.load_split` (hashes, no shared session)."""
+    loaded = load_split(splits_dir)
+    train, val = loaded.train, loaded.val
     if not train:
         raise DataError(
-            f"{train_path}: no training examples",
+            f"{loaded.train_path}: no training examples",
             hint="raise data.train_split or add sessions, then re-run `ocdspy split`",
         )
     if not val:
         raise DataError(
-            f"{val_path}: no validation examples",
+            f"{loaded.val_path}: no validation examples",
             hint="lower data.train_split or add sessions, then re-run `ocdspy split`",
         )
+    m = loaded.manifest
     refs = {
-        "train": DataRef(path=str(train_path), sha256=file_sha256(train_path), examples=len(train)),
-        "val": DataRef(path=str(val_path), sha256=file_sha256(val_path), examples=len(val)),
+        "train": DataRef(path=str(loaded.train_path), sha256=m.train.sha256, examples=len(train)),
+        "val": DataRef(path=str(loaded.val_path), sha256=m.val.sha256, examples=len(val)),
     }
     return Splits(train=train, val=val, refs=refs)
 
@@ -764,16 +768,41 @@ def quiet() -> Iterator[None]:
             tqdm_module.tqdm.__init__ = tqdm_init
 
 
+def _commit_run(
+    settings: Settings, stem: str, program: Any | None, record: RunRecord
+) -> tuple[Path | None, Path]:
+    """Write the program and its record as one unit (record last, naming the program's hash).
+    A completed run then drops the partial files an earlier interrupted run left."""
+    pdir = settings.outputs.programs_dir
+    rec_path = pdir / f"{stem}{RUN_SUFFIX}"
+    with Staged() as staged:
+        out_path, sha = _save_result(staged, program, pdir / f"{stem}.json")
+        record.program_path = str(out_path) if out_path else None
+        record.program_sha256 = sha
+        staged.model(rec_path, record)
+    if record.status == "completed":
+        for old in (pdir / f"{stem}{PARTIAL}.json", pdir / f"{stem}{PARTIAL}{RUN_SUFFIX}"):
+            old.unlink(missing_ok=True)
+    elif out_path is None:
+        # An earlier partial program no longer has a record that describes it.
+        (pdir / f"{stem}.json").unlink(missing_ok=True)
+    return out_path, rec_path
+
+
 def save_program(program: Any, path: Path) -> None:
-    """DSPy's own JSON format, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.json")
-    try:
-        program.save(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    """DSPy's own JSON format, written atomically with mode 0600 (it holds demos)."""
+    with Staged() as staged:
+        program.save(str(staged.path(path, ".tmp.json")))
+
+
+def _save_result(
+    staged: Staged, program: Any | None, program_file: Path
+) -> tuple[Path | None, str | None]:
+    if program is None:
+        return None, None
+    tmp = staged.path(program_file, ".tmp.json")
+    program.save(str(tmp))
+    return program_file, file_sha256(tmp)
 
 
 def optimize(
@@ -787,9 +816,26 @@ def optimize(
 ) -> OptimizeResult:
     """Run the configured optimizer on the training split; save the program and a run record.
 
-    `lms` replaces the configured models (tests pass DummyLMs). Ctrl-C during the optimizer
-    saves the best candidate scored so far and an `interrupted` record, then re-raises.
+    `lms` replaces the configured models (tests pass DummyLMs). A completed run writes
+    `NAME.json` and `NAME.run.json`. Ctrl-C during the optimizer, or a failure, saves the best
+    candidate scored so far and its record as `NAME.partial.json` / `NAME.partial.run.json`,
+    leaving the last completed program untouched, then re-raises. A run holds the project lock.
     """
+    if dry_run:
+        return _optimize(settings, name, True, lms, on_progress, demos_shown)
+    with project_lock(outputs_lock_dir(settings), "optimize"):
+        remove_stale_temps(settings.outputs.programs_dir)
+        return _optimize(settings, name, False, lms, on_progress, demos_shown)
+
+
+def _optimize(
+    settings: Settings,
+    name: str | None,
+    dry_run: bool,
+    lms: LMs | None,
+    on_progress: Callable[[ProgressEvent], None] | None,
+    demos_shown: int | None,
+) -> OptimizeResult:
     o = settings.optimization
     name = name or default_name(settings)
     demos_shown = o.demos_shown if demos_shown is None else demos_shown
@@ -874,16 +920,12 @@ def optimize(
         status, interrupted, error = "failed", e, f"{type(e).__name__}: {e}"
     duration = time.monotonic() - t0
 
-    out_path: Path | None = program_path(settings, name)
     if result_program is None:
         best = tracker.best_state()
         if best is not None:
             result_program = build_program(o.program, tools, demos_shown=demos_shown)
             result_program.load_state(best)
-    if result_program is not None and out_path is not None:
-        save_program(result_program, out_path)
-    else:
-        out_path = None
+    stem = name if status == "completed" else f"{name}{PARTIAL}"
 
     usage = [usage_since(lms.target, starts[id(lms.target)], "target")]
     if lms.teacher is not lms.target:
@@ -918,13 +960,12 @@ def optimize(
         lm_usage=usage,
         started=started.isoformat(),
         duration_s=round(duration, 3),
-        program_path=str(out_path) if out_path else None,
+        program_path=None,
         metric=metric_desc,
         resume_hint=resume,
         error=error,
     )
-    rec_path = record_path(settings, name)
-    write_model_atomic(rec_path, record)
+    out_path, rec_path = _commit_run(settings, stem, result_program, record)
     result = OptimizeResult(
         name=name,
         program_path=out_path,
@@ -939,7 +980,7 @@ def optimize(
     if interrupted is not None:
         raise ModelError(
             f"{o.optimizer} failed: {error}",
-            hint=f"run record kept at {rec_path}; "
+            hint=f"run record kept at {rec_path} (any completed {name}.json is unchanged); "
             "raise optimization.max_errors if single calls fail",
         ) from interrupted
     return result

@@ -8,6 +8,7 @@ what depends on it; DSPy's cache makes even a redone optimization cheap when mos
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -18,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ocdspy import __version__
-from ocdspy.artifacts import file_sha256, write_model_atomic
+from ocdspy.artifacts import file_sha256, remove_stale_temps, write_model_atomic
 from ocdspy.config import Settings
 from ocdspy.errors import DataError
 
@@ -99,10 +100,48 @@ def run_pipeline(
     """Run every stage; see the module docstring for what is skipped.
 
     `force` redoes every stage; `overwrite` lets export replace an installed agent (backed up).
+    Holds the data lock and then the outputs lock (`ocdspy.lock`) for the whole run.
     """
+    from ocdspy.lock import data_lock_dir, outputs_lock_dir, project_lock
+
+    with (
+        project_lock(data_lock_dir(settings.data.processed_dir), "pipeline"),
+        contextlib.ExitStack() as later,
+    ):
+        # The outputs lock is taken once validation passed: a failed check writes nothing.
+        def lock_outputs() -> None:
+            later.enter_context(project_lock(outputs_lock_dir(settings), "pipeline"))
+            remove_stale_temps(settings.outputs.dir)
+
+        return _run_pipeline(
+            settings,
+            lock_outputs,
+            name=name,
+            force=force,
+            install_to=install_to,
+            set_default=set_default,
+            overwrite=overwrite,
+            agent_name=agent_name,
+            lms=lms,
+            on_stage=on_stage,
+        )
+
+
+def _run_pipeline(
+    settings: Settings,
+    lock_outputs: Callable[[], None],
+    *,
+    name: str | None,
+    force: bool,
+    install_to: Path | None,
+    set_default: bool,
+    overwrite: bool,
+    agent_name: str | None,
+    lms: Any,
+    on_stage: Callable[[str], None] | None,
+) -> PipelineResult:
     from ocdspy.convert import convert
-    from ocdspy.split import MANIFEST_FILE as SPLIT_MANIFEST
-    from ocdspy.split import SplitManifest, split
+    from ocdspy.split import load_split, split
     from ocdspy.validate import validate
 
     started = time.perf_counter()
@@ -143,6 +182,7 @@ def run_pipeline(
             f"`ocdspy validate {d.raw_dir}` shows why"
         )
     result.sessions = report.total_sessions
+    lock_outputs()
     done("validate", "ran", f"{report.total_sessions} sessions, {report.total_examples} turns", t0)
 
     # convert: its manifest knows whether anything changed.
@@ -166,18 +206,15 @@ def run_pipeline(
     # split
     t0 = begin("split")
     split_fp = _fingerprint("split", conv.examples_path, d.train_split, d.seed)
-    manifest_path = d.splits_dir / SPLIT_MANIFEST
     train_path, val_path = d.splits_dir / "train.jsonl", d.splits_dir / "val.jsonl"
-    if (
-        not force
-        and state.fingerprints.get("split") == split_fp
-        and manifest_path.is_file()
-        and train_path.is_file()
-        and val_path.is_file()
-    ):
-        sm = SplitManifest.model_validate_json(manifest_path.read_bytes())
-        status: Status = "skipped"
-    else:
+    sm = None
+    if not force and state.fingerprints.get("split") == split_fp:
+        try:
+            sm = load_split(d.splits_dir).manifest  # redone unless its hashes check out
+        except DataError:
+            sm = None
+    status: Status = "skipped"
+    if sm is None:
         sm = split(
             conv.examples_path, d.splits_dir, train_fraction=d.train_split, seed=d.seed
         ).manifest

@@ -14,9 +14,16 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from ocdspy import __version__
-from ocdspy.artifacts import file_sha256, write_jsonl_atomic, write_model_atomic
-from ocdspy.convert import Example, load_examples
+from ocdspy.artifacts import (
+    Staged,
+    kept_after_interrupt,
+    on_interrupt,
+    read_verified,
+    remove_stale_temps,
+)
+from ocdspy.convert import Example, load_verified_examples, parse_examples
 from ocdspy.errors import DataError
+from ocdspy.lock import data_lock_dir, project_lock
 
 TRAIN_FILE = "train.jsonl"
 VAL_FILE = "val.jsonl"
@@ -119,29 +126,128 @@ def _summary(path: Path, sha: str, side: list[Example]) -> SideSummary:
     )
 
 
+def _files(out_dir: Path) -> str:
+    return f"{TRAIN_FILE}, {VAL_FILE} and {MANIFEST_FILE} in {out_dir}"
+
+
 def split(
     examples_path: Path, out_dir: Path, *, train_fraction: float = 0.2, seed: int = 0
 ) -> SplitResult:
-    examples = load_examples(examples_path)
-    if len(examples) < 2:
-        raise DataError(
-            f"{examples_path}: {len(examples)} example(s); need at least 2 to split",
-            hint="check `ocdspy convert`'s dropped counts (require_success may drop failed turns)",
+    """Split convert's examples into `train.jsonl` / `val.jsonl` plus a manifest with their
+    hashes, committed as one unit under the project lock (see `write_split`)."""
+    nothing = f"nothing written; the previous {_files(out_dir)} are unchanged"
+    with on_interrupt(lambda: nothing), project_lock(data_lock_dir(out_dir), "split"):
+        remove_stale_temps(out_dir)
+        examples, _, input_sha256 = load_verified_examples(examples_path)
+        if len(examples) < 2:
+            raise DataError(
+                f"{examples_path}: {len(examples)} example(s); need at least 2 to split",
+                hint="check `ocdspy convert`'s dropped counts (require_success may drop failed "
+                "turns)",
+            )
+        train, val = assign(examples, train_fraction=train_fraction, seed=seed)
+        return write_split(
+            out_dir,
+            train,
+            val,
+            input_path=examples_path,
+            input_sha256=input_sha256,
+            seed=seed,
+            train_fraction=train_fraction,
         )
-    train, val = assign(examples, train_fraction=train_fraction, seed=seed)
+
+
+def write_split(
+    out_dir: Path,
+    train: list[Example],
+    val: list[Example],
+    *,
+    input_path: Path | None = None,
+    input_sha256: str = "",
+    seed: int = 0,
+    train_fraction: float | None = None,
+) -> SplitResult:
+    """Write both sides, then the manifest naming their hashes, and rename all three into place
+    only once all are written: Ctrl-C before that changes nothing (`Interrupted` says so), and a
+    kill between the renames leaves files that `load_split` refuses by their hashes.
+
+    Also the way to store a split made by hand (the input fields then stay empty)."""
+    if train_fraction is None:
+        train_fraction = len(train) / max(1, len(train) + len(val))
     train_path, val_path = out_dir / TRAIN_FILE, out_dir / VAL_FILE
-    _, train_sha = write_jsonl_atomic(train_path, train)
-    _, val_sha = write_jsonl_atomic(val_path, val)
-    manifest = SplitManifest(
-        input=str(examples_path),
-        input_sha256=file_sha256(examples_path),
-        seed=seed,
-        train_fraction=train_fraction,
-        train=_summary(train_path, train_sha, train),
-        val=_summary(val_path, val_sha, val),
-    )
     manifest_path = out_dir / MANIFEST_FILE
-    write_model_atomic(manifest_path, manifest)
+    staged = Staged()
+    with on_interrupt(lambda: kept_after_interrupt(staged, _files(out_dir))), staged:
+        _, train_sha = staged.jsonl(train_path, train)
+        _, val_sha = staged.jsonl(val_path, val)
+        manifest = SplitManifest(
+            input=str(input_path) if input_path is not None else "",
+            input_sha256=input_sha256,
+            seed=seed,
+            train_fraction=train_fraction,
+            train=_summary(train_path, train_sha, train),
+            val=_summary(val_path, val_sha, val),
+        )
+        staged.model(manifest_path, manifest)
     return SplitResult(
         train_path=train_path, val_path=val_path, manifest_path=manifest_path, manifest=manifest
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a split back: the one place that checks it
+
+
+class LoadedSplit(BaseModel):
+    train: list[Example]
+    val: list[Example]
+    manifest: SplitManifest
+    train_path: Path
+    val_path: Path
+
+
+_RERUN = "ocdspy split"
+
+
+def _split_manifest(splits_dir: Path) -> tuple[SplitManifest, Path]:
+    manifest_path = splits_dir / MANIFEST_FILE
+    if not manifest_path.is_file():
+        missing = [n for n in (TRAIN_FILE, VAL_FILE) if not (splits_dir / n).is_file()]
+        what = "split not found" if missing else "no split manifest, so the split cannot be checked"
+        raise DataError(f"{manifest_path}: {what}", hint=f"run `{_RERUN}`")
+    try:
+        m = SplitManifest.model_validate_json(manifest_path.read_bytes())
+    except ValueError as e:
+        raise DataError(
+            f"{manifest_path}: not a split manifest ({str(e).splitlines()[0]})",
+            hint=f"re-run `{_RERUN}`",
+        ) from None
+    return m, manifest_path
+
+
+def shared_sessions(train: list[Example], val: list[Example]) -> list[str]:
+    """Sessions (or their parent sessions) found on both sides."""
+    keys = {e.session_id for e in train} | {_group_key(e) for e in train}
+    return sorted({k for e in val for k in (e.session_id, _group_key(e)) if k in keys})
+
+
+def load_split(splits_dir: Path) -> LoadedSplit:
+    """Both sides of the split in `splits_dir`, refused unless they are the files the manifest
+    describes (by SHA-256 of the very bytes parsed) and no session is on both sides. Every
+    stage that reads a split calls this."""
+    m, manifest_path = _split_manifest(splits_dir)
+    sides = []
+    for side in (m.train, m.val):
+        path = splits_dir / side.file
+        data = read_verified(path, side.sha256, manifest=manifest_path, rerun=_RERUN)
+        sides.append(parse_examples(data, path))
+    train, val = sides
+    train_path, val_path = splits_dir / m.train.file, splits_dir / m.val.file
+    shared = shared_sessions(train, val)
+    if shared:
+        raise DataError(
+            f"{val_path}: the validation split shares {len(shared)} session(s) with "
+            f"{train_path.name} (e.g. {shared[0]}), so its score would reward memorising them",
+            hint=f"re-run `{_RERUN}`",
+        )
+    return LoadedSplit(train=train, val=val, manifest=m, train_path=train_path, val_path=val_path)
