@@ -18,6 +18,7 @@ from rich.table import Table
 
 from ocdspy import __version__
 from ocdspy.errors import OcdspyError
+from ocdspy.lm.providers import mask_keys
 
 app = typer.Typer(
     name="ocdspy",
@@ -61,8 +62,9 @@ def handle_errors(fn: F) -> F:
         except OcdspyError as e:
             if _state["debug"]:
                 err.print_exception()
+            message = mask_keys(e.message)  # the last guard: no API key is ever printed
             err.print(
-                f"[bold red]error:[/] {e.message}", highlight=False, markup=True, soft_wrap=True
+                f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True
             )
             if e.hint:
                 err.print(f"  [yellow]hint:[/] {e.hint}", highlight=False, soft_wrap=True)

@@ -23,6 +23,7 @@ from ocdspy import __version__
 from ocdspy.artifacts import write_model_atomic, write_text_atomic
 from ocdspy.config import Settings
 from ocdspy.errors import DataError, ModelError
+from ocdspy.lm.providers import mask_keys
 from ocdspy.metric import COMPONENTS, as_calls, score_prediction
 from ocdspy.optimize import (
     RUN_SUFFIX,
@@ -231,7 +232,7 @@ def _run(
         res = ev(program)
     except Exception as e:
         raise ModelError(
-            f"evaluation stopped: {type(e).__name__}: {e}",
+            mask_keys(f"evaluation stopped: {type(e).__name__}: {e}"),
             hint="check the model settings; raise optimization.max_errors to "
             "tolerate more failed calls",
         ) from e

@@ -32,6 +32,7 @@ from ocdspy.artifacts import file_sha256, write_model_atomic
 from ocdspy.config import ModelSettings, Settings
 from ocdspy.convert import Example, load_examples
 from ocdspy.errors import ConfigError, DataError, ModelError
+from ocdspy.lm.providers import mask_keys
 from ocdspy.split import TRAIN_FILE, VAL_FILE
 
 RUN_SUFFIX = ".run.json"
@@ -868,7 +869,8 @@ def optimize(
         status, interrupted = "interrupted", e
     except Exception as e:
         # Keep what was learned (and the record) before reporting the failure.
-        status, interrupted, error = "failed", e, f"{type(e).__name__}: {e}"
+        # Masked: an HTTP error may quote the request header that carried the API key.
+        status, interrupted, error = "failed", e, mask_keys(f"{type(e).__name__}: {e}")
     duration = time.monotonic() - t0
 
     out_path: Path | None = program_path(settings, name)
