@@ -172,6 +172,7 @@ def _token_index() -> tuple[dict[str, list[_Token]], list[_Token]]:
 
 
 _BY_HEAD, _BY_MARKER = _token_index()
+_MARKERS = re.compile("|".join(re.escape(t.marker) for t in _BY_MARKER))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,29 +202,36 @@ def looks_random(value: str, *, min_len: int = 16) -> bool:
     return has_digit and has_alpha and _entropy(value) >= 3.5
 
 
-def _high_entropy(text: str, low: str, start: int, run: str) -> Span | None:
-    token = run.rstrip(".-_~")
-    if len(token) < 24 or not looks_random(token, min_len=24):
-        return None
+def _high_entropy(low: str, start: int, run: str) -> Span | None:
     window = low[max(0, start - 40) : start]
     if not any(w in window for w in _CREDENTIAL_WORDS):
+        return None
+    token = run.rstrip(".-_~")
+    if not looks_random(token, min_len=24):
         return None
     return Span(start, start + len(token), "high-entropy-secret")
 
 
 def _token_spans(text: str, low: str) -> Iterator[Span]:
+    # Most runs are long identifiers: each costs one dict lookup and one marker search (in C);
+    # the entropy rule looks only when the text mentions a credential at all.
+    credential = any(w in low for w in _CREDENTIAL_WORDS)
     for m in _CANDIDATE.finditer(text):
-        run, start = m.group(), m.start()
-        rules = _BY_HEAD.get(run[:2], [])
-        if _BY_MARKER:
-            rules = rules + [t for t in _BY_MARKER if t.marker in run]
-        found = None
+        start = m.start()
+        rules = _BY_HEAD.get(text[start : start + 2], ())
+        marker = _MARKERS.search(m.group())
+        if marker:
+            rules = [*rules, *(t for t in _BY_MARKER if t.marker == marker.group())]
         for t in rules:
             hit = t.pattern.match(text, start)
             if hit:
-                found = Span(start, hit.end(), t.kind)
+                yield Span(start, hit.end(), t.kind)
                 break
-        yield found or _high_entropy(text, low, start, run) or Span(0, 0, "")
+        else:
+            if credential and m.end() - start >= 24:
+                span = _high_entropy(low, start, m.group())
+                if span:
+                    yield span
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +242,9 @@ def _token_spans(text: str, low: str) -> Iterator[Span]:
 class _Context:
     kind: str
     pattern: re.Pattern[str]
-    triggers: tuple[str, ...]  # one of them must be in the lower-cased text
+    # One of them must be in the lower-cased text. None: the pattern starts with a literal, which
+    # the regex engine finds as fast as a substring test would.
+    triggers: tuple[str, ...] | None
     group: str | None = None  # the named group holding the secret; None = the whole match
     accept: Callable[[re.Match[str]], bool] | None = None
 
@@ -258,12 +268,12 @@ _CONTEXT: list[_Context] = [
             r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
             r"(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s\\]*)"
         ),
-        ("-----begin ",),
+        None,
     ),
     _Context(
         "private-key",
         re.compile(r"Private-Lines: *\d+\s+(?P<secret>[A-Za-z0-9+/=\s]+?)(?:Private-MAC|\Z)"),
-        ("private-lines:",),
+        None,
         "secret",
     ),
     _Context(
@@ -276,12 +286,12 @@ _CONTEXT: list[_Context] = [
         re.compile(
             r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_\-]{20,}"
         ),
-        ("hooks.slack.com",),
+        None,
     ),
     _Context(
         "webhook-token",
         re.compile(r"/api/webhooks/\d+/(?P<secret>[\w\-]{30,})"),
-        ("/api/webhooks/",),
+        None,
         "secret",
     ),
     _Context(
@@ -304,14 +314,15 @@ _CONTEXT: list[_Context] = [
     _Context(
         "url-password",
         re.compile(r"://[^\s:/@'\"]{1,64}:(?P<secret>[^\s:/@'\"]{3,128})@"),
-        ("://",),
+        None,
         "secret",
         _value_ok,
     ),
     _Context(
         "cli-password",
-        re.compile(r"(?<![\w-])--?(?i:" + _SECRET_FLAGS + r")(?:=|[ \t]+)" + _QUOTED_OR_BARE),
-        ("pass", "pwd", "token", "key", "secret"),
+        # A literal first character lets the regex engine skip to each `-` quickly.
+        re.compile(r"-(?<![\w-]-)-?(?i:" + _SECRET_FLAGS + r")(?:=|[ \t]+)" + _QUOTED_OR_BARE),
+        None,
         "secret",
         lambda m: _value_ok(m) and not m.group("secret").startswith("-"),
     ),
@@ -334,24 +345,24 @@ _CONTEXT: list[_Context] = [
     ),
     _Context(
         "cli-password",
-        re.compile(r"(?<![\w-])(?:-u|--user)[ =][\"']?[^\s:'\"]{1,64}:" + _QUOTED_OR_BARE),
-        ("-u ", "--user"),
+        re.compile(r"-(?<![\w-]-)(?:u|-user)[ =][\"']?[^\s:'\"]{1,64}:" + _QUOTED_OR_BARE),
+        None,
         "secret",
         _value_ok,
     ),
     _Context(
         "secret-assignment",
         re.compile(
-            r"\bconfig(?:ure)?(?: |:)set\s+(?:--?[\w-]+\s+)*(?P<name>[^\s=]+)[ \t]+"
+            r"config(?<!\wconfig)(?:ure)?(?: |:)set\s+(?:--?[\w-]+\s+)*(?P<name>[^\s=]+)[ \t]+"
             + _QUOTED_OR_BARE
         ),
-        ("config set", "configure set", "config:set"),
+        None,
         "secret",
         lambda m: _value_ok(m) and _secret_name(m.group("name"), strict=False) is not False,
     ),
     _Context(
         "netrc-password",
-        re.compile(r"(?<![\w-])password[ \t]+(?P<secret>\S+)"),
+        re.compile(r"password(?<![\w-]password)[ \t]+(?P<secret>\S+)"),
         ("machine",),
         "secret",
         _value_ok,
@@ -368,7 +379,7 @@ _HARMLESS = re.compile(
     r"|bytes|bool|secretstr|any|password|passwd|pass|pwd|secret|token|test|example|changeme"
     r"|changeit|[\d.,:eE+\-]+|x+|\*+|\.\.\.+|•+|-)\Z"
     # An identifier in kebab case (`not-needed`) or a constant-style placeholder (`VALUE`).
-    r"|[a-z]+(?:-[a-z]+)+\Z|[A-Z_]+\Z"
+    r"|[a-z]+(?:-[a-z]+)+\Z|(?-i:[A-Z_]+)\Z"
 )
 _REFERENCE = re.compile(r"[$<{%@]|\[REDACTED|os\.|process\.env|env[\[(.]")
 _MASKED = ("…", "***", "xxxx", "XXXX")
@@ -453,6 +464,9 @@ _ASSIGN_AT = re.compile(
 )
 
 
+_PROSE_NEXT = re.compile(r" +[A-Za-z]")
+
+
 def _assignment(text: str, m: re.Match[str]) -> Span | None:
     start = m.start()
     while start > 0 and text[start - 1] in _NAME_CHARS:
@@ -469,7 +483,10 @@ def _assignment(text: str, m: re.Match[str]) -> Span | None:
     low_value = value.lower()
     if any(w in low_value for w in ("password", "secret", "token", "passwd")) and not quoted:
         return None  # a reference to another name: `password = args.password_file`
-    code_style = not quoted and " " in m.group("op") and "=" in m.group("op")
+    op = m.group("op")
+    if not quoted and "=" not in op and _PROSE_NEXT.match(text, m.end()):
+        return None  # prose: `the secret: keys live in the vault`
+    code_style = not quoted and " " in op and "=" in op
     needs_random = strength is None or (code_style and not name.isupper())
     if needs_random and not looks_random(value, min_len=8):
         return None
@@ -491,10 +508,13 @@ def _assignment_spans(text: str, low: str) -> Iterator[Span]:
             i = low.find(word, i + 1)
 
 
+_CONTEXT_ALWAYS = {i for i, rule in enumerate(_CONTEXT) if rule.triggers is None}
+_CONTEXT_TRIGGERS = [(t, i) for i, rule in enumerate(_CONTEXT) for t in rule.triggers or ()]
+
+
 def _context_spans(text: str, low: str) -> Iterator[Span]:
-    for rule in _CONTEXT:
-        if not any(t in low for t in rule.triggers):
-            continue
+    for i in sorted(_CONTEXT_ALWAYS.union(i for t, i in _CONTEXT_TRIGGERS if t in low)):
+        rule = _CONTEXT[i]
         for m in rule.pattern.finditer(text):
             if rule.accept is not None and not rule.accept(m):
                 continue
