@@ -59,6 +59,17 @@ def test_secret_is_replaced_with_a_typed_placeholder(
         "the task is to read src/tokenizer.py",
         "git commit -m 'rotate keys'",
         "https://example.com/path",
+        'password = os.environ["SMTP_PASSWORD"]',
+        "api_key = settings.api_key",
+        "token = get_token(session)",
+        "commit 3f9a1c2b7d4e5f60718293a4b5c6d7e8f9012345\nAuthor: dana",
+        "request_id=123e4567-e89b-12d3-a456-426614174000 token ok",
+        "tests/test_invoice.py::test_round_half_even_with_negative_totals PASSED",
+        'apiKey: "sk-scripted-test"',
+        "mkdir -p build && cp -p a b",
+        "--password-stdin < file",
+        "docker login --password $REGISTRY_PASSWORD",
+        "the secret: keys live in the vault",
     ],
 )
 def test_harmless_text_is_untouched(text: str) -> None:
@@ -81,3 +92,17 @@ def test_redact_value_walks_nested_structures() -> None:
     assert "abcdefghijklmnop" not in str(out) and "AKIAIOSFODNN7EXAMPLE" not in str(out)
     assert out["n"] == 3
     assert counts == Counter({"bearer-token": 1, "aws-access-key": 1})
+
+
+def test_a_random_token_after_a_credential_word_is_redacted() -> None:
+    out = redact_text("service credential is Zq8vR2mT9xL4kP7wN3bY6cF1hJ5dG0sA")
+    assert "Zq8vR2mT9xL4" not in out and "[REDACTED:high-entropy-secret]" in out
+    # The same token with no credential word before it is left alone.
+    assert redact_text("build Zq8vR2mT9xL4kP7wN3bY6cF1hJ5dG0sA done").endswith("done")
+
+
+def test_a_secret_under_a_secret_key_in_arguments_is_redacted() -> None:
+    counts: Counter[str] = Counter()
+    out = redact_value({"env": {"DB_PASS": "swordfish"}, "command": "run"}, counts)
+    assert out["env"]["DB_PASS"] == "[REDACTED:secret-assignment]" and out["command"] == "run"
+    assert counts["secret-assignment"] == 1

@@ -20,6 +20,7 @@ from rich.table import Table
 from ocdspy import __version__
 from ocdspy.display import printable, show_path
 from ocdspy.errors import Interrupted, OcdspyError
+from ocdspy.lm.providers import mask_keys
 
 app = typer.Typer(
     name="ocdspy",
@@ -67,8 +68,9 @@ def handle_errors(fn: F) -> F:
         except OcdspyError as e:
             if _state["debug"]:
                 err.print_exception()
+            message = mask_keys(e.message)  # the last guard: no API key is ever printed
             err.print(
-                f"[bold red]error:[/] {_text(e.message)}",
+                f"[bold red]error:[/] {_text(message)}",
                 highlight=False,
                 markup=True,
                 soft_wrap=True,

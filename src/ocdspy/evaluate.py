@@ -26,6 +26,7 @@ from ocdspy.artifacts import Staged, file_sha256, remove_stale_temps
 from ocdspy.config import ModelSettings, Settings
 from ocdspy.display import printable
 from ocdspy.errors import DataError, ModelError
+from ocdspy.lm.providers import mask_keys
 from ocdspy.lock import outputs_lock_dir, project_lock
 from ocdspy.metric import COMPONENTS, as_calls, score_prediction
 from ocdspy.optimize import (
@@ -331,7 +332,7 @@ def _stopped(e: Exception, failures: _Failures, settings: Settings) -> ModelErro
         hints.insert(0, f"raise models.target.timeout (now {target.timeout:g} s)")
     elif failures.count and target.provider != "local":
         hints.insert(0, "check that the endpoint is up and serves this model")
-    return ModelError(printable(message), hint="; ".join(hints))
+    return ModelError(printable(mask_keys(message)), hint="; ".join(hints))
 
 
 def _run(

@@ -32,6 +32,7 @@ from ocdspy.artifacts import Staged, file_sha256, remove_stale_temps
 from ocdspy.config import ModelSettings, Settings, capable_teacher_warning
 from ocdspy.convert import Example
 from ocdspy.errors import ConfigError, DataError, ModelError
+from ocdspy.lm.providers import mask_keys
 from ocdspy.lock import outputs_lock_dir, project_lock
 from ocdspy.split import load_split
 
@@ -917,7 +918,8 @@ def _optimize(
         status, interrupted = "interrupted", e
     except Exception as e:
         # Keep what was learned (and the record) before reporting the failure.
-        status, interrupted, error = "failed", e, f"{type(e).__name__}: {e}"
+        # Masked: an HTTP error may quote the request header that carried the API key.
+        status, interrupted, error = "failed", e, mask_keys(f"{type(e).__name__}: {e}")
     duration = time.monotonic() - t0
 
     if result_program is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -36,6 +37,77 @@ _STRIP_PREFIXES: dict[str, tuple[str, ...]] = {
 # Sent to an OpenAI-compatible server that needs no key: without it DSPy would send the
 # ambient OPENAI_API_KEY to whatever address api_base names.
 _NO_KEY = "not-needed"
+
+
+# Every key value this process has read, so any text can be masked before it is printed or
+# stored: an HTTP library's error may quote the header that carried it.
+_KEYS: set[str] = set()
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def mask_key(key: str) -> str:
+    """`sk-…abcd`: enough to tell keys apart, never enough to use one."""
+    return f"{key[:3]}…{key[-4:]}" if len(key) >= 16 else "***"
+
+
+def _key_forms(key: str) -> list[str]:
+    # The raw value, its escaped forms (`repr`, bytes in an httpx error) and, for a key broken
+    # by control characters, each long piece, longest first so a piece never unmasks a whole.
+    forms = {key, repr(key)[1:-1], key.encode("unicode_escape").decode("ascii")}
+    forms.update(p for p in _CONTROL.split(key) if len(p.strip()) >= 8)
+    return sorted((f for f in forms if len(f) >= 8), key=len, reverse=True)
+
+
+def remember_key(key: str) -> None:
+    if key and len(key) >= 8:
+        _KEYS.add(key)
+
+
+def mask_keys(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """`text` with every known API key value masked: the keys read so far and the values of the
+    usual key variables (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`) in the environment."""
+    env = os.environ if environ is None else environ
+    keys = set(_KEYS)
+    keys.update(v for n in DEFAULT_KEY_ENV.values() if len(v := env.get(n, "")) >= 8)
+    for key in keys:
+        for form in _key_forms(key):
+            if form in text:
+                text = text.replace(form, mask_key(key.strip()))
+    return text
+
+
+class KeyMaskFilter(logging.Filter):
+    """Masks key values in log records (DSPy logs each failed call with its exception)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        masked = mask_keys(msg)
+        if masked != msg:
+            record.msg, record.args = masked, ()
+        return True
+
+
+_FILTER = KeyMaskFilter()
+
+
+def _install_log_masking() -> None:
+    for name in ("", "dspy", "LiteLLM", "litellm", "httpx"):
+        for handler in logging.getLogger(name).handlers:
+            if _FILTER not in handler.filters:
+                handler.addFilter(_FILTER)
+
+
+def header_safe_problem(value: str) -> str | None:
+    """Why `value` cannot be sent as an HTTP header value (None: it can)."""
+    if value != value.strip():
+        return "has leading or trailing whitespace"
+    if _CONTROL.search(value):
+        return "contains a control character (a newline?)"
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return "contains characters that are not allowed in an HTTP header"
+    return None
 
 
 def key_env_for(settings: ModelSettings) -> str | None:
@@ -115,13 +187,22 @@ def check_lm_settings(
             f"{where}: the API key variable {var} is not set",
             hint=f"export {var}=... (or set api_key_env to the variable that holds the key)",
         )
+    if var is not None:
+        remember_key(env[var])
+        problem = header_safe_problem(env[var])
+        if problem:
+            # Named, never shown: the value is a secret even when it is malformed.
+            raise ModelError(
+                f"{where}: the API key in {var} {problem}; it cannot be sent",
+                hint=f"set {var} to the key alone, on one line",
+            )
 
 
 def _api_key(settings: ModelSettings) -> str | None:
     var = key_env_for(settings)
     if var is None:
         return None
-    return os.environ.get(var, "").strip() or None
+    return os.environ.get(var) or None
 
 
 def build_lm(settings: ModelSettings, *, role: str, cache: bool = True) -> Any:
@@ -142,6 +223,7 @@ def build_lm(settings: ModelSettings, *, role: str, cache: bool = True) -> Any:
 
     import dspy
 
+    _install_log_masking()
     client: dict[str, Any] = {"timeout": settings.timeout}
     key = _api_key(settings)
     engine = "auto"
@@ -168,10 +250,10 @@ def build_lm(settings: ModelSettings, *, role: str, cache: bool = True) -> Any:
             **client,
         )
     except (ValueError, TypeError) as e:
-        raise ModelError(f"{_where(settings, role)}: {e}") from None
+        raise ModelError(mask_keys(f"{_where(settings, role)}: {e}")) from None
     except Exception as e:  # dspy's LMConfigurationError and friends
         if type(e).__module__.startswith("dspy"):
-            raise ModelError(f"{_where(settings, role)}: {e}") from None
+            raise ModelError(mask_keys(f"{_where(settings, role)}: {e}")) from None
         raise
 
 
@@ -190,5 +272,6 @@ def in_our_words(text: str, role: str) -> str:
 def model_error(exc: BaseException, settings: ModelSettings, *, role: str) -> ModelError:
     """A `ModelError` for a failed LM call (DSPy's `LMError` family), for one-line reporting."""
     kind = type(exc).__name__
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else kind
+    text = mask_keys(str(exc)).strip()
+    text = text.splitlines()[0] if text else kind
     return ModelError(f"{_where(settings, role)}: {kind}: {in_our_words(text, role)}")
