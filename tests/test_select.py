@@ -312,7 +312,7 @@ def test_load_pool_names_the_file_and_field(tmp_path: Path) -> None:
     path.write_text(good.model_dump_json())
     assert load_pool(path) == good
     path.write_text("{not json")
-    with pytest.raises(DataError, match="pool.json"):
+    with pytest.raises(DataError, match=r"pool\.json"):
         load_pool(path)
     bad = json.loads(good.model_dump_json())
     bad["version"] = 2

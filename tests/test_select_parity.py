@@ -90,7 +90,7 @@ def python_answer(case: dict[str, Any]) -> dict[str, Any]:
 
 def assert_parity(tmp_path: Path, cases: list[dict[str, Any]]) -> None:
     js = run_node(tmp_path, cases)
-    for case, got in zip(cases, js):
+    for case, got in zip(cases, js, strict=True):
         assert got == python_answer(case), json.dumps(case)[:2000]
 
 

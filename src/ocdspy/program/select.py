@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,8 +20,8 @@ from ocdspy.convert import _MAIN_ARG, Example, ExampleAction
 from ocdspy.errors import DataError
 from ocdspy.program.render import RESPONSE_CHARS, TARGET_CHARS, TASK_CHARS, clip, outcome
 
-POOL_FORMAT = "ocdspy-demo-pool"
-POOL_VERSION = 1
+POOL_FORMAT: Final = "ocdspy-demo-pool"
+POOL_VERSION: Final = 1
 DEFAULT_INTRO = (
     "Examples of similar steps from past sessions. Each shows the user's request, the tool "
     "calls made so far with their results, and on its last line what the assistant did next."
