@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ocdspy.convert import Example, ExampleAction
+from ocdspy.convert import Example, ExampleAction, convert, load_examples
 from ocdspy.errors import DataError
 from ocdspy.plugin import plugin_file_names, plugin_source, template_text, write_plugin
 from ocdspy.program.select import (
@@ -350,3 +350,31 @@ def test_plugin_names_refuse_unsafe_agent_names() -> None:
         with pytest.raises(ValueError):
             plugin_file_names(name)
     assert plugin_source("x", "p.json").count('"agent": "x"') == 1
+
+
+def test_live_state_equals_the_recorded_state_on_real_opencode_sessions(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """What the plugin sees mid-turn is what evaluate sees for the same step of the recording."""
+    exports = sorted((data_dir / "opencode" / "exports").glob("*.json"))
+    convert(exports, tmp_path / "out", require_success=False, redact=False)
+    examples = {e.id: e for e in load_examples(tmp_path / "out" / "examples.jsonl")}
+    compared = 0
+    for path in exports:
+        messages = json.loads(path.read_text())["messages"]
+        session = [e for e in examples.values() if e.session_id == path.stem]
+        for cut in range(1, len(messages) + 1):
+            live = state_from_opencode_messages(messages[:cut])
+            if live is None:
+                continue
+            user_turns = sum(1 for m in messages[:cut] if m["info"]["role"] == "user")
+            ex = next((e for e in session if e.turn_index == user_turns - 1), None)
+            if ex is None:  # a turn convert drops (e.g. the model call failed)
+                continue
+            recorded = state_from_example(ex, len(live.calls))
+            assert [(c.tool, c.ok) for c in live.calls] == [
+                (c.tool, c.ok) for c in recorded.calls
+            ], (path.name, cut)
+            assert words(live.task) == words(recorded.task)
+            compared += 1
+    assert compared >= 15
