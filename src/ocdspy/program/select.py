@@ -221,14 +221,10 @@ def _call_ok(state: Any) -> bool:
         return False
     metadata = state.get("metadata")
     code = metadata.get("exit") if isinstance(metadata, Mapping) else None
-    failed_exit = (
-        status == "completed"
-        and isinstance(code, (int, float))
-        and not isinstance(code, bool)
-        and float(code).is_integer()
-        and code != 0
-    )
-    return not failed_exit
+    if status != "completed" or isinstance(code, bool) or code == 0:
+        return True
+    # JSON has one number type: 2 and 2.0 are the same exit code (JS `Number.isInteger`).
+    return not (isinstance(code, int) or (isinstance(code, float) and code.is_integer()))
 
 
 def _turn_start(messages: Sequence[Any]) -> int | None:
