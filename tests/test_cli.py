@@ -137,3 +137,15 @@ def test_installed_command_starts_without_heavy_imports() -> None:
     )
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "[]"
+
+
+def test_a_multi_line_error_keeps_its_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our own line breaks stay line breaks; only control characters from outside are escaped."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OCDSPY_OPTIMIZATION__MAX_ERRORS", "-5")
+    r = runner.invoke(app, ["config", "show"])
+    assert r.exit_code == 2  # a configuration error
+    assert "invalid settings:\n  env OCDSPY_OPTIMIZATION__MAX_ERRORS" in r.stderr
+    assert "\\n" not in r.stderr

@@ -252,6 +252,32 @@ def test_ctrl_c_in_collect_counts_the_sessions_written(
 # Section 4: an interrupted or failed optimize never replaces the last completed result
 
 
+def test_a_failed_run_never_stores_or_raises_the_api_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11 §2, the "saved" half: a provider error that echoes the key (as some do in a 401)
+    reaches neither the run record nor the error message."""
+    key = "sk-proj-Zq8Lm3Nx7Pw2Rt6Vy1Bc4Df9Gh"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    s = make_settings(tmp_path)
+
+    class Leaky:
+        def compile(self, *a: object, **k: object) -> None:
+            raise RuntimeError(f"401 Unauthorized: Incorrect API key provided: {key!r}\n{key}")
+
+    from ocdspy import optimize as optimize_mod
+
+    monkeypatch.setattr(optimize_mod, "build_optimizer", lambda *a, **k: (Leaky(), {}))
+    with pytest.raises(ModelError) as info:
+        optimize(s, lms=fake_lms(SchemaEngine()), name="run")
+    assert key not in str(info.value) and key[:-4] not in str(info.value)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name.endswith(".run.json") for p in written)
+    for p in written:
+        text = p.read_text(encoding="utf-8", errors="replace")
+        assert key not in text and key[10:] not in text, p
+
+
 def test_partial_runs_go_beside_the_completed_program(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

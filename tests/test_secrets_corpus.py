@@ -72,3 +72,34 @@ def test_no_planted_secret_survives_in_any_artifact(tmp_path: Path) -> None:
         or json.dumps(p.secret)[1:-1] in f.read_text(encoding="utf-8")
     ]
     assert leaks == []
+
+
+def _leaks(files: list[Path]) -> list[tuple[str, str]]:
+    return [
+        (p.kind, f.name)
+        for f in files
+        for p in CORPUS
+        if p.secret in f.read_text(encoding="utf-8")
+        or json.dumps(p.secret)[1:-1] in f.read_text(encoding="utf-8")
+    ]
+
+
+def test_the_plugin_pool_redacts_even_unredacted_examples(tmp_path: Path) -> None:
+    """The pool does not rely on convert: built from examples converted with --no-redact, it
+    still holds no planted value, and write_plugin's own scan passes it."""
+    from ocdspy.convert import load_examples
+    from ocdspy.plugin import write_plugin
+    from ocdspy.program.select import build_pool
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i, planted in enumerate(CORPUS):
+        session_file(raw / f"s{i:03d}.json", i, planted)
+    convert([raw], tmp_path / "processed", redact=False)
+    examples = load_examples(tmp_path / "processed" / "examples.jsonl")
+    assert _leaks([tmp_path / "processed" / "examples.jsonl"]), "the input really holds secrets"
+    steps = [(ex, step) for ex in examples for step in range(len(ex.actions) + 1)]
+    pool = build_pool("tuned", steps)
+    assert len(pool.demos) == len(steps)
+    written = write_plugin(tmp_path / "plugins", "tuned", pool)
+    assert _leaks(written) == []

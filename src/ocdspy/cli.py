@@ -70,13 +70,13 @@ def handle_errors(fn: F) -> F:
                 err.print_exception()
             message = mask_keys(e.message)  # the last guard: no API key is ever printed
             err.print(
-                f"[bold red]error:[/] {_text(message)}",
+                f"[bold red]error:[/] {_lines(message)}",
                 highlight=False,
                 markup=True,
                 soft_wrap=True,
             )
             if e.hint:
-                err.print(f"  [yellow]hint:[/] {_text(e.hint)}", highlight=False, soft_wrap=True)
+                err.print(f"  [yellow]hint:[/] {_lines(e.hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -120,6 +120,12 @@ def _rel(path: str | Path | None, base: Path | None = None) -> str:
 def _text(message: str) -> str:
     """Text from outside (messages that quote file names, session text) for a markup string."""
     return rich_escape(printable(message))
+
+
+def _lines(message: str) -> str:
+    """A message of ours that may span lines (`invalid settings:` and one line per problem):
+    its line breaks stay, every other control character is escaped."""
+    return "\n".join(_text(line) for line in message.split("\n"))
 
 
 def _problem(severity: str, file: str, where: str, message: str) -> None:

@@ -191,9 +191,29 @@ _HEX_DIGEST = re.compile(r"[0-9a-f]{7,64}\Z|[0-9A-F]{7,64}\Z")
 _CREDENTIAL_WORDS = ("key", "token", "secret", "passw", "auth", "credential", "bearer", "apikey")
 
 
+_SEGMENT = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
+_VOWELS = frozenset("aeiouyAEIOUY")
+_NAME_LIKE = re.compile(r"[A-Za-z0-9_.\-]+\Z")
+
+
+def wordy(value: str) -> bool:
+    """Mostly made of words, as names in code are (`SyncX509WorkloadIdentityAuth`,
+    `validate_x509_api_credentials`): a random token has few runs of 3+ letters with a vowel."""
+    if _NAME_LIKE.match(value) is None:
+        return False  # `/`, `+`, `=` and the like belong to encodings, not to names
+    letters = sum(
+        len(seg)
+        for seg in _SEGMENT.findall(value)
+        if len(seg) >= 3 and any(c in _VOWELS for c in seg)
+    )
+    return letters >= 0.6 * len(value)
+
+
 def looks_random(value: str, *, min_len: int = 16) -> bool:
     """A token of letters and digits with high entropy: not a word, name, UUID or hex digest."""
     if len(value) < min_len or _UUID.match(value) or _HEX_DIGEST.match(value):
+        return False
+    if wordy(value):
         return False
     if any(seq in value for seq in _SEQUENCES):
         return False  # an alphabet written out, not a key
@@ -261,6 +281,14 @@ def _value_ok(m: re.Match[str]) -> bool:
     return not _harmless(m.group("secret").strip("'\""))
 
 
+_DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+def _code_name(value: str) -> bool:
+    """`self._expected_authorization`, `auth_header`: a name in code, not a credential."""
+    return _DOTTED_NAME.match(value) is not None and wordy(value.replace(".", "_"))
+
+
 _CONTEXT: list[_Context] = [
     _Context(
         "private-key",
@@ -309,7 +337,7 @@ _CONTEXT: list[_Context] = [
         ),
         ("authorization",),
         "secret",
-        _value_ok,
+        lambda m: _value_ok(m) and not _code_name(m.group("secret")),
     ),
     _Context(
         "url-password",
@@ -362,7 +390,11 @@ _CONTEXT: list[_Context] = [
     ),
     _Context(
         "netrc-password",
-        re.compile(r"password(?<![\w-]password)[ \t]+(?P<secret>\S+)"),
+        # The .netrc shape: `machine HOST [login USER] password SECRET`, on one line or several.
+        re.compile(
+            r"\b(?:machine\s+\S+|default)(?:\s+(?:login|account)\s+\S+)*\s+password\s+"
+            r"(?P<secret>\S+)"
+        ),
         ("machine",),
         "secret",
         _value_ok,
@@ -383,6 +415,7 @@ _HARMLESS = re.compile(
 )
 _REFERENCE = re.compile(r"[$<{%@]|\[REDACTED|os\.|process\.env|env[\[(.]")
 _MASKED = ("…", "***", "xxxx", "XXXX")
+_REGEX_LITERAL = re.compile(r"/.*[\[\\(+*].*/[dgimsuy]*;?\Z")  # `TOKEN = /[A-Za-z0-9_]+/g`
 _CODE_EXPR = re.compile(r"[\w.]*[(\[{]|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+\Z")
 
 
@@ -392,6 +425,7 @@ def _harmless(value: str) -> bool:
         len(value) < 3
         or _HARMLESS.match(value) is not None
         or _REFERENCE.match(value) is not None
+        or _REGEX_LITERAL.match(value) is not None
         or any(m in value for m in _MASKED)
         or any(seq in value for seq in _SEQUENCES)
         or value.startswith(_MARK)
@@ -430,6 +464,9 @@ _STRONG_JOINED = (
     "dbkey",
     "dbpass",
     "databasepass",
+    # Glued-on words in environment names: PGPASSWORD, REDISPASSWORD, MYSQLPWD.
+    "password",
+    "passwd",
 )
 # Words that make a name secret only with a random-looking value (a `"key": "name"` is common).
 _WEAK_WORDS = _words("key token auth pass pw sig signature apikey")
@@ -447,12 +484,51 @@ def _secret_name(name: str, *, strict: bool) -> bool | None:
     words = [w.lower() for w in _WORD_SPLIT.split(name) if w]
     if not words or words[-1] in _NOT_SECRET_LAST or "public" in words:
         return False
-    if any(w in _STRONG_WORDS for w in words) or any(j in "".join(words) for j in _STRONG_JOINED):
+    if _strong_name(name):
         return True
     if not any(w in _WEAK_WORDS for w in words):
         return False
     # An environment variable (`GITHUB_TOKEN`, `DB_PASS`) is treated as strong.
     return True if name.isupper() and not strict else None
+
+
+def _strong_name(name: str) -> bool:
+    words = [w.lower() for w in _WORD_SPLIT.split(name) if w]
+    joined = "".join(words)
+    return any(w in _STRONG_WORDS for w in words) or any(j in joined for j in _STRONG_JOINED)
+
+
+def _password_word(name: str) -> bool:
+    """`DB_PASS`, `REDIS_PW`: a short password word, where any value is a password."""
+    return any(w.lower() in ("pass", "pw") for w in _WORD_SPLIT.split(name) if w)
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _names_a_variable(name: str, value: str, op: str) -> bool:
+    """An unquoted value that names something in code rather than holding a secret.
+
+    `api_key=api_key,` and `access_token=access` pass a variable on; `api_key: Credential` is a
+    type. An environment-style `NAME=hunter2` (upper-case name, `=` without spaces) is still a
+    value, and so is anything with two digits or a symbol (`lowerSecret42x`, `Password123!`).
+    """
+    if not _IDENTIFIER.match(value):
+        return False
+    low_value = value.lower()
+    name_words = [w.lower() for w in _WORD_SPLIT.split(name) if w]
+    if low_value in name_words or low_value.replace("_", "") in "".join(name_words):
+        return True
+    if not wordy(value):
+        return False  # `lowerSecret42x` is a value, whatever the style
+    if "=" not in op:  # `name: Type`, a type annotation or a YAML key naming a type
+        bare = value.lstrip("_")
+        type_name = bool(bare) and bare[0].isupper() and not bare.isupper()
+        return type_name or low_value in _TYPES
+    return not name.isupper()
+
+
+_TYPES = _words("object dict list tuple set float callable type bytes str int bool any")
 
 
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
@@ -475,20 +551,23 @@ def _assignment(text: str, m: re.Match[str]) -> Span | None:
     strength = _secret_name(name, strict=False)
     raw = m.group("value")
     quoted = raw[0] in "\"'`"
-    value = raw[1:-1] if quoted else raw
+    value = raw[1:-1] if quoted else raw.rstrip(")]}")
     if strength is False or _harmless(value):
         return None
-    if not quoted and _CODE_EXPR.match(value):
-        return None  # `api_key = settings.api_key`, `token = get_token()`
-    low_value = value.lower()
-    if any(w in low_value for w in ("password", "secret", "token", "passwd")) and not quoted:
-        return None  # a reference to another name: `password = args.password_file`
     op = m.group("op")
+    if not quoted and (_CODE_EXPR.match(value) or _names_a_variable(name, value, op)):
+        return None  # `api_key = settings.api_key`, `token = get_token()`, `api_key=api_key,`
     if not quoted and "=" not in op and _PROSE_NEXT.match(text, m.end()):
         return None  # prose: `the secret: keys live in the vault`
     code_style = not quoted and " " in op and "=" in op
     needs_random = strength is None or (code_style and not name.isupper())
     if needs_random and not looks_random(value, min_len=8):
+        return None
+    # `CACHE_KEY = "ctx"`: an upper-case name with only a weak word holds a secret when the
+    # value has the length and a digit of one.
+    weak_name = not _strong_name(name) and not _password_word(name)
+    long_with_digit = len(value) >= 8 and any(c.isdigit() for c in value)
+    if weak_name and not long_with_digit and not looks_random(value, min_len=8):
         return None
     s, e = m.span("value")
     return Span(s + 1, e - 1, "secret-assignment") if quoted else Span(s, e, "secret-assignment")

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from ocdspy.artifacts import write_text_atomic
+from ocdspy.errors import DataError
 from ocdspy.program.select import POOL_VERSION, DemoPool
 
 TEMPLATE = "ocdspy-demos.js"
@@ -50,10 +51,17 @@ def plugin_source(agent: str, pool_file: str) -> str:
 def write_plugin(out_dir: Path, agent: str, pool: DemoPool) -> list[Path]:
     """Write the plugin and its pool for `agent` into `out_dir`; returns [plugin, pool].
 
-    The pool must already be redacted: it is written as is. Files are written atomically; the
-    plugin is world-readable like any source file, the pool readable by its owner only
-    (OpenCode runs as the same user).
+    The pool's text is built redacted (`select.build_pool`); the same scanner that checks an
+    exported agent checks it again here, and a secret is an error. Files are written
+    atomically; the plugin is world-readable like any source file, the pool readable by its
+    owner only (OpenCode runs as the same user).
     """
+    from ocdspy.redact import find_secrets
+
+    found = find_secrets(pool.model_dump_json())
+    if found:
+        kinds = ", ".join(sorted({kind for kind, _ in found}))
+        raise DataError(f"demo pool for agent {agent!r}: holds secrets ({kinds}); not written")
     js_name, pool_name = plugin_file_names(agent)
     js_path, pool_path = Path(out_dir) / js_name, Path(out_dir) / pool_name
     pool = pool.model_copy(update={"agent": agent})

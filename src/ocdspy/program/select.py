@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ocdspy.convert import _MAIN_ARG, Example, ExampleAction
 from ocdspy.errors import DataError
-from ocdspy.program.render import RESPONSE_CHARS, TARGET_CHARS, TASK_CHARS, clip, outcome
+from ocdspy.program.render import RESPONSE_CHARS, TARGET_CHARS, TASK_CHARS, outcome
+from ocdspy.program.sanitize import demo_injection, excerpt
+from ocdspy.redact import redact_text
 
 POOL_FORMAT: Final = "ocdspy-demo-pool"
 POOL_VERSION: Final = 1
@@ -273,7 +275,7 @@ def main_args(action: ExampleAction) -> dict[str, str]:
     """The call's main arguments (the file, command, pattern...), clipped, as JSON-ready strings."""
     keys = _MAIN_ARG.get(action.tool, ())
     out = {
-        k: clip(" ".join(str(action.args[k]).split()), TARGET_CHARS)
+        k: _shown(action.args[k], TARGET_CHARS)
         for k in keys
         if action.args.get(k) not in (None, "")
     }
@@ -281,8 +283,14 @@ def main_args(action: ExampleAction) -> dict[str, str]:
         return out
     for key, value in action.args.items():
         if str(value) == action.target:
-            return {key: clip(" ".join(action.target.split()), TARGET_CHARS)}
-    return {"input": clip(" ".join(action.target.split()), TARGET_CHARS)}
+            return {key: _shown(action.target, TARGET_CHARS)}
+    return {"input": _shown(action.target, TARGET_CHARS)}
+
+
+def _shown(text: Any, limit: int) -> str:
+    """Session text as a demo shows it: redacted, one clean line (no control characters, role
+    tags or front-matter fences), clipped. Session text is untrusted."""
+    return excerpt(redact_text(str(text)), limit)
 
 
 def render_call_line(action: ExampleAction) -> str:
@@ -294,20 +302,21 @@ def render_demo(example: Example, step: int) -> str:
     """A recorded step as the model reads it: the request, the calls so far with their
     outcomes, then what the assistant did next (the next call, or its short answer).
 
-    Fields are expected redacted and sanitized already; this only clips lengths.
+    Every piece of session text in it is redacted and sanitized (`_shown`); tool output appears
+    only as the short outcome line.
     """
     before = example.actions[:step]
-    lines = ["<example>", f"user: {clip(' '.join(example.task.split()), TASK_CHARS)}"]
+    lines = ["<example>", f"user: {_shown(example.task, TASK_CHARS)}"]
     hidden = max(0, len(before) - DEMO_CALLS)
     if hidden:
         lines.append(f"({hidden} earlier calls)")
     for action in before[hidden:]:
         lines.append(render_call_line(action))
-        lines.append(f"result: {outcome(action)}")
+        lines.append(f"result: {_shown(outcome(action), 2 * TARGET_CHARS)}")
     if step < len(example.actions):
         lines.append(render_call_line(example.actions[step]))
     else:
-        lines.append(f"answer: {clip(' '.join(example.response.split()), RESPONSE_CHARS)}")
+        lines.append(f"answer: {_shown(example.response, RESPONSE_CHARS)}")
     lines.append("</example>")
     return "\n".join(lines)
 
@@ -319,8 +328,10 @@ def demo_from_example(example: Example, step: int, *, demo_id: str | None = None
     state = state_from_example(example, step)
     return PoolDemo(
         id=demo_id or f"{example.id}#{step + 1}",
-        task=clip(example.task, TASK_CHARS),
-        calls=[c.model_copy(update={"target": clip(c.target, TARGET_CHARS)}) for c in state.calls],
+        task=_shown(example.task, TASK_CHARS),
+        calls=[
+            c.model_copy(update={"target": _shown(c.target, TARGET_CHARS)}) for c in state.calls
+        ],
         text=render_demo(example, step),
     )
 
@@ -328,10 +339,32 @@ def demo_from_example(example: Example, step: int, *, demo_id: str | None = None
 def build_pool(
     agent: str, steps: Sequence[tuple[Example, int]], *, k: int = 3, intro: str = DEFAULT_INTRO
 ) -> DemoPool:
-    """A pool from chosen (example, step) pairs, in the order given (the order shown)."""
-    return DemoPool(
-        agent=agent, k=k, intro=intro, demos=[demo_from_example(ex, s) for ex, s in steps]
-    )
+    """A pool from chosen (example, step) pairs, in the order given (the order shown).
+
+    Steps whose session text reads as instructions to the agent are left out; `build_safe_pool`
+    also says how many.
+    """
+    return build_safe_pool(agent, steps, k=k, intro=intro)[0]
+
+
+def build_safe_pool(
+    agent: str, steps: Sequence[tuple[Example, int]], *, k: int = 3, intro: str = DEFAULT_INTRO
+) -> tuple[DemoPool, int]:
+    """(the pool, how many steps were dropped because their text looks like a prompt injection)."""
+    kept = [(ex, s) for ex, s in steps if _step_injection(ex, s) is None]
+    demos = [demo_from_example(ex, s) for ex, s in kept]
+    return DemoPool(agent=agent, k=k, intro=intro, demos=demos), len(steps) - len(kept)
+
+
+def _step_injection(example: Example, step: int) -> str | None:
+    """What a demo of this step would show (task, calls, results, answer) that reads as an
+    instruction to the agent, or None."""
+    shown: list[Any] = [example.task]
+    for action in example.actions[: step + 1]:
+        shown += [action.args, action.target, action.result]
+    if step >= len(example.actions):
+        shown.append(example.response)
+    return demo_injection(shown)
 
 
 def load_pool(path: Path) -> DemoPool:
