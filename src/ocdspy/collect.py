@@ -212,6 +212,27 @@ class _Filters:
         roots.sort(key=lambda header: (-header.time_updated, header.id))
         return roots
 
+    @classmethod
+    def of(
+        cls,
+        *,
+        sessions: Iterable[str],
+        project: Iterable[Path],
+        since_ms: int | None,
+        agents: Iterable[str],
+        models: Iterable[str],
+    ) -> _Filters:
+        folders = [folder.expanduser() for folder in project]
+        return cls(
+            session_ids=list(dict.fromkeys(sessions)),
+            # Resolved (symlinks followed) and as given, so either spelling of a folder matches.
+            directories=[str(folder.resolve()) for folder in folders]
+            + [os.path.abspath(folder) for folder in folders],
+            since_ms=since_ms,
+            agents=list(agents),
+            models=list(models),
+        )
+
     def wants(self, found_agents: list[str], found_models: list[str]) -> bool:
         """The agent and model filters, checked once a session's agents and models are known."""
         if self.agents and not set(self.agents) & set(found_agents):
@@ -332,31 +353,12 @@ def collect(
         remove_stale_temps(out_dir)
         location = find_store(db=db, storage=storage, environ=environ)
         since_ms = parse_since(since) if isinstance(since, str) else since
-        projects = [folder.expanduser() for folder in project]
-        filters = _Filters(
-            session_ids=list(dict.fromkeys(sessions)),
-            # Resolved (symlinks followed) and as given, so either spelling of a folder matches.
-            directories=[str(folder.resolve()) for folder in projects]
-            + [os.path.abspath(folder) for folder in projects],
-            since_ms=since_ms,
-            agents=list(agents),
-            models=list(models),
+        filters = _Filters.of(
+            sessions=sessions, project=project, since_ms=since_ms, agents=agents, models=models
         )
         if limit is not None and limit < 1:
             raise DataError(f"--limit {limit}: must be at least 1")
-        problems: list[Problem] = []
-        state_path = out_dir / STATE_FILE
-        state = _load_state(state_path, problems)
-        collector = _Collector(
-            open_store(location, busy_timeout=busy_timeout),
-            out_dir,
-            CollectResult(
-                store=location, out_dir=out_dir, state_path=state_path, sessions_in_store=0
-            ),
-            state,
-            force,
-            problems,
-        )
+        collector = _Collector.start(location, out_dir, force=force, busy_timeout=busy_timeout)
         try:
             collector.collect(filters, limit, on_progress)
         except KeyboardInterrupt as e:
@@ -365,8 +367,8 @@ def collect(
                 f"interrupt and recorded in {STATE_FILE}; a re-run collects the rest"
             ) from e
         finally:
-            collector.finish(state_path)
-        collector.result.problems = problems
+            collector.finish()
+        collector.result.problems = collector.problems
         return collector.result
 
 
@@ -385,6 +387,25 @@ class _Collector:
 
     def __post_init__(self) -> None:
         self.new_state = dict(self.state)
+
+    @classmethod
+    def start(
+        cls, location: StoreLocation, out_dir: Path, *, force: bool, busy_timeout: float | None
+    ) -> _Collector:
+        """Read the last run's state, then open the store."""
+        problems: list[Problem] = []
+        state_path = out_dir / STATE_FILE
+        state = _load_state(state_path, problems)
+        return cls(
+            open_store(location, busy_timeout=busy_timeout),
+            out_dir,
+            CollectResult(
+                store=location, out_dir=out_dir, state_path=state_path, sessions_in_store=0
+            ),
+            state,
+            force,
+            problems,
+        )
 
     def collect(
         self,
@@ -483,7 +504,9 @@ class _Collector:
         file = entry.get("file")
         return entry if file is None or (self.out_dir / str(file)).is_file() else None
 
-    def finish(self, state_path: Path) -> None:
+    def finish(self) -> None:
+        """Close the store and record what was written, also after an error or interrupt."""
+        state_path = self.result.state_path
         self.store.close()
         if self.result.written and hasattr(os, "sync"):
             # Session files are renamed into place without an fsync each (that cost more than
