@@ -20,6 +20,7 @@ from ocdspy.collect import STATE_FILE, collect, find_store, parse_since
 from ocdspy.convert import ConvertSettings, turn_to_example
 from ocdspy.errors import DataError
 from ocdspy.sessions import opencode as oc
+from ocdspy.sessions.opencode import database as opencode_database
 from ocdspy.sessions.read import Problem, SessionRead, read_paths
 
 DATA = Path(__file__).parent / "data"
@@ -201,7 +202,7 @@ def test_collect_while_opencode_writes_in_wal_mode(tmp_path: Path, db: Path) -> 
 def test_collect_from_a_locked_database_fails_clearly(
     tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(oc, "DEFAULT_BUSY_TIMEOUT", 0.1)
+    monkeypatch.setattr(opencode_database, "DEFAULT_BUSY_TIMEOUT", 0.1)
     writer = sqlite3.connect(db, isolation_level=None)
     writer.execute("BEGIN EXCLUSIVE")
     try:

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ocdspy.convert import ConvertSettings, convert, load_examples, turn_to_example
-from ocdspy.sessions import opencode as oc
 from ocdspy.sessions.model import SessionLog
+from ocdspy.sessions.opencode import database as opencode_database
 from ocdspy.sessions.read import Problem, SessionRead, Source, discover, read_paths, read_source
 from ocdspy.validate import validate
 
@@ -821,7 +821,7 @@ def test_unknown_future_column(db_copy: Path) -> None:
 def test_locked_database_is_one_clear_problem(
     db_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(oc, "DEFAULT_BUSY_TIMEOUT", 0.1)
+    monkeypatch.setattr(opencode_database, "DEFAULT_BUSY_TIMEOUT", 0.1)
     writer = sqlite3.connect(db_copy, isolation_level=None)
     writer.execute("BEGIN EXCLUSIVE")  # rollback-journal mode: readers must wait
     try:

@@ -159,4 +159,4 @@ class SessionLog(_Open):
         session = self.session_success()
         if session is not None:
             return session
-        return all(a.success is not False for a in turn.actions)
+        return all(action.success is not False for action in turn.actions)

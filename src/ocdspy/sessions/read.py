@@ -77,9 +77,9 @@ VALUE_READERS: dict[str, ValueReader] = {}
 
 
 def register_reader(name: str) -> Callable[[Reader], Reader]:
-    def deco(fn: Reader) -> Reader:
-        READERS[name] = fn
-        return fn
+    def deco(reader: Reader) -> Reader:
+        READERS[name] = reader
+        return reader
 
     return deco
 
@@ -88,8 +88,9 @@ def register_reader(name: str) -> Callable[[Reader], Reader]:
 # Discovery
 
 
-def _looks_like_storage_tree(d: Path) -> bool:
-    return (d / "session").is_dir() and (d / "message").is_dir() and (d / "part").is_dir()
+def is_storage_tree(folder: Path) -> bool:
+    """Shaped like OpenCode's legacy `storage/` tree."""
+    return all((folder / name).is_dir() for name in ("session", "message", "part"))
 
 
 def _sniff_file(path: Path) -> str | None:
@@ -117,16 +118,16 @@ def _file_kind(path: Path) -> tuple[str, str]:
     """("dir" | "file" | "missing" | "bad", why it is bad). Only regular files are read: a FIFO
     or a device would block or never end."""
     try:
-        st = path.stat()
+        mode = path.stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
         return "missing", "no such file or directory"
     except OSError as e:
         return "bad", f"cannot read: {e.strerror or e}"
-    if stat.S_ISDIR(st.st_mode):
+    if stat.S_ISDIR(mode):
         return "dir", ""
-    if stat.S_ISREG(st.st_mode):
+    if stat.S_ISREG(mode):
         return "file", ""
-    what = _NOT_REGULAR.get(stat.S_IFMT(st.st_mode), "not a regular file")
+    what = _NOT_REGULAR.get(stat.S_IFMT(mode), "not a regular file")
     return "bad", f"{what}, not a regular file; skipped"
 
 
@@ -155,9 +156,9 @@ def discover(paths: Iterable[Path | str]) -> DiscoverResult:
     seen: set[Path] = set()
 
     def problem(path: Path | str, message: str) -> None:
-        p = Problem(str(path), "", message)
-        if p not in result.problems:  # named twice, or named and matched by a pattern
-            result.problems.append(p)
+        found = Problem(str(path), "", message)
+        if found not in result.problems:  # named twice, or named and matched by a pattern
+            result.problems.append(found)
 
     def add(path: Path, fmt: str | None) -> None:
         key = path.resolve()
@@ -177,16 +178,16 @@ def discover(paths: Iterable[Path | str]) -> DiscoverResult:
             problem(path, why)
 
     for raw in paths:
-        p = Path(raw).expanduser()
-        kind, why = _file_kind(p)
+        path = Path(raw).expanduser()
+        kind, why = _file_kind(path)
         if kind == "missing" and _GLOB_CHARS.search(str(raw)):
-            matches = sorted(glob.glob(str(p), recursive=True))
+            matches = sorted(glob.glob(str(path), recursive=True))
             if not matches:
                 problem(raw, "no file matches this pattern")
-            for m in matches:
-                take(Path(m), *_file_kind(Path(m)))
+            for match in matches:
+                take(Path(match), *_file_kind(Path(match)))
             continue
-        take(p, kind, why)
+        take(path, kind, why)
     return result
 
 
@@ -197,20 +198,20 @@ def _walk(
     visited: set[tuple[int, int]],
 ) -> None:
     try:
-        st = root.stat()
-        if (st.st_dev, st.st_ino) in visited:
+        info = root.stat()
+        if (info.st_dev, info.st_ino) in visited:
             return  # a symlink back to a folder already walked
-        visited.add((st.st_dev, st.st_ino))
-        with os.scandir(root) as it:
-            entries = sorted(it, key=lambda e: e.name)
+        visited.add((info.st_dev, info.st_ino))
+        with os.scandir(root) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
     except OSError as e:
         problem(root, f"cannot read the directory: {e.strerror or e}")
         return
-    if _looks_like_storage_tree(root):
+    if is_storage_tree(root):
         add(root, "opencode-storage")
         return
     storage = root / "storage"
-    if storage.is_dir() and _looks_like_storage_tree(storage):
+    if storage.is_dir() and is_storage_tree(storage):
         add(storage, "opencode-storage")
     for entry in entries:
         child = Path(entry.path)
@@ -273,28 +274,28 @@ _NONFINITE = re.compile(rb"[:\[,]\s*(-?Infinity|NaN)\s*[,\]}]")
 
 def _position(data: bytes, offset: int) -> str:
     line = data.count(b"\n", 0, offset) + 1
-    col = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
-    return f"line {line} column {col}"
+    column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    return f"line {line} column {column}"
 
 
 def validation_problems(file: str, e: ValidationError, *, limit: int = 20) -> list[Problem]:
-    probs: list[Problem] = []
+    problems: list[Problem] = []
     errors = e.errors(include_url=False)
     for err in errors[:limit]:
         where = json_path(err["loc"])
-        msg = err["msg"]
+        message = err["msg"]
         if err["type"] == "model_type" and not err["loc"]:
             got = type(err.get("input")).__name__
-            msg = f"top level must be a JSON object (a session log), got {_json_type(got)}"
+            message = f"top level must be a JSON object (a session log), got {_json_type(got)}"
         elif err["type"] == "missing" and tuple(err["loc"]) == ("examples",):
-            msg = "not a session log: no 'examples' array at the top level"
+            message = "not a session log: no 'examples' array at the top level"
             where = ""
         elif err["type"] == "missing":
-            msg = "required field is missing"
-        probs.append(Problem(file, where, msg))
+            message = "required field is missing"
+        problems.append(Problem(file, where, message))
     if len(errors) > limit:
-        probs.append(Problem(file, "", f"... and {len(errors) - limit} more problems"))
-    return probs
+        problems.append(Problem(file, "", f"... and {len(errors) - limit} more problems"))
+    return problems
 
 
 def _json_type(pyname: str) -> str:
@@ -353,13 +354,14 @@ def nonfinite_warning(file: str, data: bytes) -> Problem | None:
     """JSON has no NaN or Infinity; Python's json module writes them anyway. Read them as null."""
     if b"NaN" not in data and b"Infinity" not in data:
         return None
-    m = _NONFINITE.search(data)
-    if m is None:
+    found = _NONFINITE.search(data)
+    if found is None:
         return None
     return Problem(
         file,
         "",
-        f"{m.group(1).decode()} at {_position(data, m.start(1))} is not valid JSON; read as null",
+        f"{found.group(1).decode()} at {_position(data, found.start(1))} is not valid JSON; "
+        "read as null",
         "warning",
     )
 
@@ -423,16 +425,16 @@ def read_paths(paths: Iterable[Path | str]) -> tuple[list[Source], Iterator[Read
     return found.sources, items()
 
 
-def _same_content(a: str | None, b: str | None) -> bool:
+def _same_content(first: str | None, second: str | None) -> bool:
     """Keys are `file:PATH` (compare the files' bytes, only now that ids collide) or hashes."""
-    if a is None or b is None:
+    if first is None or second is None:
         return False
-    if a.startswith("file:") and b.startswith("file:"):
+    if first.startswith("file:") and second.startswith("file:"):
         try:
-            return filecmp.cmp(a[5:], b[5:], shallow=False)
+            return filecmp.cmp(first[5:], second[5:], shallow=False)
         except OSError:
             return False
-    return a == b
+    return first == second
 
 
 def _origin(item: SessionRead) -> str:
@@ -452,16 +454,16 @@ CLIPPED = "[clipped: nested too deeply]"
 def _depth_exceeds(value: Any, limit: int) -> bool:
     stack = [(value, 0)]
     while stack:
-        v, d = stack.pop()
-        if isinstance(v, dict):
-            children: Iterable[Any] = v.values()
-        elif isinstance(v, list):
-            children = v
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[Any] = node.values()
+        elif isinstance(node, list):
+            children = node
         else:
             continue
-        if d >= limit:
+        if depth >= limit:
             return True
-        stack.extend((c, d + 1) for c in children)
+        stack.extend((child, depth + 1) for child in children)
     return False
 
 
@@ -469,11 +471,11 @@ def _clipped(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict):
         if depth >= MAX_NESTING:
             return CLIPPED
-        return {k: _clipped(v, depth + 1) for k, v in value.items()}
+        return {key: _clipped(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list):
         if depth >= MAX_NESTING:
             return CLIPPED
-        return [_clipped(v, depth + 1) for v in value]
+        return [_clipped(item, depth + 1) for item in value]
     return value
 
 
@@ -493,19 +495,20 @@ def clip_nesting(item: SessionRead) -> Iterator[Problem]:
                 "warning",
             )
 
-    for t, turn in enumerate(item.session.examples):
-        ctx = turn.input.context
-        if ctx.lspDiagnostics is not None:
+    for turn_index, turn in enumerate(item.session.examples):
+        at = f"examples[{turn_index}]"
+        diagnostics = turn.input.context.lspDiagnostics
+        if diagnostics is not None:
             for attr in ("errors", "warnings"):
-                where = f"examples[{t}].input.context.lspDiagnostics.{attr}"
-                yield from check(ctx.lspDiagnostics, attr, where)
-        for m, msg in enumerate(turn.input.conversationHistory):
+                where = f"{at}.input.context.lspDiagnostics.{attr}"
+                yield from check(diagnostics, attr, where)
+        for position, message in enumerate(turn.input.conversationHistory):
             yield from check(
-                msg, "content", f"examples[{t}].input.conversationHistory[{m}].content"
+                message, "content", f"{at}.input.conversationHistory[{position}].content"
             )
-        for a, action in enumerate(turn.actions):
+        for position, action in enumerate(turn.actions):
             for attr in ("args", "result"):
-                yield from check(action, attr, f"examples[{t}].actions[{a}].{attr}")
+                yield from check(action, attr, f"{at}.actions[{position}].{attr}")
 
 
 def iter_sessions(sources: Iterable[Source]) -> Iterator[ReadItem]:
@@ -517,19 +520,19 @@ def iter_sessions(sources: Iterable[Source]) -> Iterator[ReadItem]:
     differ are an error: one of them is not what it claims to be.
     """
     seen: dict[str, tuple[str, str | None, str]] = {}
-    for src in sources:
-        for item in read_source(src):
+    for source in sources:
+        for item in read_source(source):
             if isinstance(item, Problem):
                 yield item
                 continue
             yield from clip_nesting(item)
-            sid = item.session.session_id
-            if sid is None:
+            session_id = item.session.session_id
+            if session_id is None:
                 yield item
                 continue
-            first = seen.get(sid)
+            first = seen.get(session_id)
             if first is None:
-                seen[sid] = (str(item.file), item.content_key, _origin(item))
+                seen[session_id] = (str(item.file), item.content_key, _origin(item))
                 yield item
                 continue
             first_file, first_key, first_origin = first
@@ -542,14 +545,14 @@ def iter_sessions(sources: Iterable[Source]) -> Iterator[ReadItem]:
                 yield Problem(
                     str(item.file),
                     "session",
-                    f"duplicate session id '{sid}' (also in "
+                    f"duplicate session id '{session_id}' (also in "
                     f"{show_path(first_file)}) with different content; this copy is skipped",
                 )
             else:
                 yield Problem(
                     str(item.file),
                     "session",
-                    f"session '{sid}' was already read from {show_path(first_file)}; "
+                    f"session '{session_id}' was already read from {show_path(first_file)}; "
                     "this copy is skipped",
                     "warning",
                 )
