@@ -4,6 +4,7 @@ recordings in ``tests/data/opencode``, and (integration) a fresh recording with 
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import sqlite3
@@ -165,6 +166,17 @@ def test_sequence_models_endpoint_and_scripted_error() -> None:
         with urllib.request.urlopen(server.base_url + "/models", timeout=5) as resp:
             assert json.load(resp)["data"][0]["id"] == "coder"
         assert [r.number for r in server.log] == [1, 2, 3, 4, 0]
+
+
+def test_hang_step_is_closed_without_a_reply() -> None:
+    """A ``hang`` step holds the request, then closes it with no response (an aborted turn)."""
+    script = fo.Script({"stall": [fo.hang(0.3)], "fine": [fo.text("ok")]})
+    with fo.FakeOpenAI(script) as server:
+        start = time.monotonic()
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            post(server.base_url, chat("please stall"))
+        assert time.monotonic() - start >= 0.3
+        assert post(server.base_url, chat("fine now"))[0] == 200
 
 
 def test_fault_injection() -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "ToolCall",
     "call",
     "error",
+    "hang",
     "text",
     "tools",
 ]
@@ -69,13 +70,16 @@ class Step:
 
     ``text`` is sent as content (before the tool calls, if any). With ``tool_calls`` the finish
     reason is ``tool_calls``, else ``stop``. With ``error_status`` set, the server answers that
-    HTTP status with an OpenAI-style error body instead.
+    HTTP status with an OpenAI-style error body instead. With ``hang_seconds`` set, the request
+    is held open that long (or until the server stops) and closed with no reply: a client that
+    is interrupted meanwhile leaves an unfinished turn.
     """
 
     text: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     error_status: int | None = None
     error_message: str = "scripted error"
+    hang_seconds: float = 0.0
 
 
 def call(name: str, **arguments: Any) -> ToolCall:
@@ -96,6 +100,11 @@ def text(content: str) -> Step:
 def error(status: int = 400, message: str = "scripted error") -> Step:
     """A step answered with HTTP ``status`` and ``{"error": {"message": ...}}``."""
     return Step(error_status=status, error_message=message)
+
+
+def hang(seconds: float = 60.0) -> Step:
+    """A step never answered: the request is held ``seconds``, then closed without a reply."""
+    return Step(hang_seconds=seconds)
 
 
 Responder = Callable[[dict], Step]
@@ -382,6 +391,10 @@ class FakeOpenAI:
             )
             return
         step = self.responder(body)
+        if step.hang_seconds:
+            self._stopping.wait(step.hang_seconds)
+            h.close_connection = True
+            return
         if step.error_status is not None:
             _send_json(h, step.error_status, _error_body(step.error_status, step.error_message))
             return

@@ -1,0 +1,63 @@
+"""Pure helpers of benchmarks/record_corpus.py (the bench-corpus recorder); nothing is recorded."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import record_corpus as rc  # noqa: E402
+
+
+def _messages(sessions: list) -> list[list[str]]:
+    return [[t.message for t in s.turns] for s in sessions]
+
+
+def test_plan_is_reproducible_varied_and_consistent() -> None:
+    work = Path("/tmp/ocdspy-bench-plan")
+    a, b = rc.plan(work, 8), rc.plan(work, 8)
+    assert _messages(a) == _messages(b)
+    assert _messages(rc.plan(work, 9)) != _messages(a)
+    assert len(a) >= 100
+    assert {s.project for s in a} == {"ledger", "tally", "relkit"}
+    kinds = {s.kind for s in a}
+    assert {"fix-bug", "add-test", "feature", "rename", "explain", "search"} <= kinds
+    assert {"multi-turn", "subagent", "failed"} <= kinds
+    for s in a:
+        bash_calls = [
+            c for t in s.turns for step in t.steps for c in step.tool_calls if c.name == "bash"
+        ]
+        assert len(bash_calls) == len(s.expect), (s.kind, s.variant)
+        assert len({t.message for t in s.turns}) == len(s.turns)
+
+
+def test_bash_outcomes_reads_exit_codes_and_refusals() -> None:
+    def bash(status: str, exit_code: int | None) -> dict:
+        state = {"status": status, "input": {"command": "make test"}}
+        if exit_code is not None:
+            state["metadata"] = {"exit": exit_code}
+        return {"type": "tool", "tool": "bash", "state": state}
+
+    doc = {
+        "messages": [
+            {"parts": [{"type": "text", "text": "hi"}, bash("completed", 2)]},
+            {"parts": [bash("completed", 0), {"type": "tool", "tool": "read", "state": {}}]},
+            {"parts": [bash("error", None)]},
+        ]
+    }
+    assert rc.bash_outcomes(doc) == [
+        ("make test", False),
+        ("make test", True),
+        ("make test", False),
+    ]
+
+
+def test_apply_replaces_exactly_one_occurrence() -> None:
+    files = {"a.py": "x = 1\ny = 2\n"}
+    assert rc.ct.apply(files, "a.py", "y = 2", "y = 3")["a.py"] == "x = 1\ny = 3\n"
+    with pytest.raises(ValueError, match=r"a\.py"):
+        rc.ct.apply({"a.py": "z\nz\n"}, "a.py", "z", "w")
