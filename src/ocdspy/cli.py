@@ -582,52 +582,42 @@ StoreFolder = Annotated[
         file_okay=False,
     ),
 ]
+
+
+def _filter(flag: str, metavar: str, help: str, **checks: Any) -> Any:
+    """One of collect's filters: which of the store's sessions to copy."""
+    return typer.Option(flag, help=help, metavar=metavar, **checks)
+
+
 ProjectFilter = Annotated[
     list[Path] | None,
-    typer.Option(
-        "--project",
-        help="Only sessions run in this directory or below it (repeatable).",
-        metavar="<dir>",
-    ),
+    _filter("--project", "<dir>", "Only sessions run in this directory or below it (repeatable)."),
 ]
 SinceFilter = Annotated[
     str | None,
-    typer.Option(
-        "--since",
-        help="Only sessions updated since: 2026-01-31, 2026-01-31T14:00, 7d, 12h.",
-        metavar="<when>",
+    _filter(
+        "--since", "<when>", "Only sessions updated since: 2026-01-31, 2026-01-31T14:00, 7d, 12h."
     ),
 ]
 AgentFilter = Annotated[
     list[str] | None,
-    typer.Option(
-        "--agent", help="Only sessions that used this agent (repeatable).", metavar="<name>"
-    ),
+    _filter("--agent", "<name>", "Only sessions that used this agent (repeatable)."),
 ]
 ModelFilter = Annotated[
     list[str] | None,
-    typer.Option(
+    _filter(
         "--model",
-        help="Only sessions that used this model, provider/model or model (repeatable).",
-        metavar="<name>",
+        "<name>",
+        "Only sessions that used this model, provider/model or model (repeatable).",
     ),
 ]
 SessionFilter = Annotated[
     list[str] | None,
-    typer.Option(
-        "--session",
-        help="Only this session and its sub-agent sessions (repeatable).",
-        metavar="<id>",
-    ),
+    _filter("--session", "<id>", "Only this session and its sub-agent sessions (repeatable)."),
 ]
 LimitFilter = Annotated[
     int | None,
-    typer.Option(
-        "--limit",
-        min=1,
-        help="At most this many sessions, most recently updated first.",
-        metavar="<n>",
-    ),
+    _filter("--limit", "<n>", "At most this many sessions, most recently updated first.", min=1),
 ]
 
 
