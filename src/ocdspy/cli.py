@@ -866,8 +866,8 @@ def _print_agent_start(result: PipelineResult) -> None:
 # optimize / evaluate
 
 
-def _score_cell(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1f}"
+def _score_cell(score: float | None) -> str:
+    return "-" if score is None else f"{score:.1f}"
 
 
 def _auto_mode_flag(auto: str | None, trials: int | None) -> Any:
