@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from ocdspy import __version__
-from ocdspy.cli import app
+from ocdspy.cli import _Bars, app
+from ocdspy.progress import Step, on_examples, on_trials
 
 runner = CliRunner()
 
@@ -149,3 +154,85 @@ def test_a_multi_line_error_keeps_its_lines(
     assert r.exit_code == 2  # a configuration error
     assert "invalid settings:\n  env OCDSPY_OPTIMIZATION__MAX_ERRORS" in r.stderr
     assert "\\n" not in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress on stderr
+
+
+def terminal() -> tuple[Console, io.StringIO]:
+    screen = io.StringIO()
+    return Console(file=screen, force_terminal=True, width=150), screen
+
+
+@dataclass
+class Scores:
+    metric_calls: int
+    planned_metric_calls: int
+    candidates: int
+    best_score: float | None
+
+
+def test_bars_show_each_stage_with_its_own_counts() -> None:
+    console, screen = terminal()
+    with _Bars(console=console) as bars:
+        bars.stage("validate")
+        bars.stage("optimize")
+        trials = on_trials(bars, "MIPROv2")
+        trials(Scores(1, 10, 1, None))
+        trials(Scores(3, 10, 2, 50.0))
+        bars.stage("evaluate")
+        examples = on_examples(bars)
+        for done in (1, 2, 3, 4):
+            examples("baseline", done, 4)
+        examples("optimized", 1, 4)
+    shown = screen.getvalue()
+    assert "validate…" in shown and "optimize…" in shown
+    # The optimizer's trials as they score, then evaluate's two sides, each with its count.
+    assert "optimize · MIPROv2 · 2 candidate(s) · best 50.0" in shown and "3/10 scored" in shown
+    assert "evaluate · baseline" in shown and "4/4" in shown
+    assert "evaluate · optimized" in shown and "1/4" in shown
+    # A finished stage's bars go: the last drawing holds evaluate's bars only.
+    last = shown.rsplit("evaluate…", 1)[1]
+    assert "MIPROv2" not in last
+
+
+def test_bars_draw_nothing_off_a_terminal_or_when_disabled() -> None:
+    for console, screen, enabled in (
+        (Console(file=(pipe := io.StringIO())), pipe, True),
+        (*terminal(), False),
+    ):
+        with _Bars(console=console, enabled=enabled) as bars:
+            bars.stage("optimize")
+            bars.step(Step("MIPROv2", 1, 4, unit="scored"))
+        assert screen.getvalue() == ""
+
+
+def test_pipeline_shows_its_stages_on_a_terminal_only(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ocdspy.cli
+    import ocdspy.pipeline
+    from ocdspy.pipeline import PipelineResult, StageOutcome
+
+    stages = ("validate", "convert", "split", "optimize", "evaluate", "export")
+
+    def fake_run(settings: object, **options: Any) -> PipelineResult:
+        for stage in stages:
+            options["on_stage"](stage)
+        return PipelineResult(
+            stages=[StageOutcome(stage=s, status="ran", detail="d", seconds=0.5) for s in stages],
+            sessions=12,
+            examples=13,
+            seconds=3.0,
+        )
+
+    monkeypatch.setattr(ocdspy.pipeline, "run_pipeline", fake_run)
+    r = run("pipeline")
+    assert r.exit_code == 0, r.stderr
+    assert "│ optimize │ ran" in r.stdout and "data: 12 sessions -> 13 examples" in r.stdout
+    assert "done in 3 s" in r.stdout and "optimize…" not in r.stderr
+    console, screen = terminal()
+    monkeypatch.setattr(ocdspy.cli, "err", console)
+    assert run("pipeline").exit_code == 0
+    assert all(f"{stage}…" in screen.getvalue() for stage in stages)

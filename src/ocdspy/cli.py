@@ -1,26 +1,44 @@
 """The `ocdspy` command line: a thin shell over the stage functions.
 
-Results go to stdout, progress and errors to stderr. Every expected failure is an `OcdspyError`,
-printed as one red line here (with a traceback only under `--debug`).
+Each command parses its options, calls one stage function and prints the result with the
+printing helpers below, which the commands share. Results go to stdout, progress and errors to
+stderr. Every expected failure is an `OcdspyError`, printed as one red line here (with a
+traceback only under `--debug`).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape as rich_escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from ocdspy import __version__
 from ocdspy.display import printable, show_path
 from ocdspy.errors import Interrupted, OcdspyError
 from ocdspy.lm.providers import mask_keys
+from ocdspy.progress import Step
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from ocdspy.collect import CollectResult
+    from ocdspy.config import LoadedSettings, Settings
+    from ocdspy.convert import ConvertResult
+    from ocdspy.evaluate import Report
+    from ocdspy.export import ExportResult
+    from ocdspy.optimize import OptimizationPlan, OptimizeResult
+    from ocdspy.pipeline import PipelineResult
+    from ocdspy.sessions.read import Problem
+    from ocdspy.validate import ValidateReport
 
 app = typer.Typer(
     name="ocdspy",
@@ -41,17 +59,29 @@ _state = {"debug": False}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Options shared by several commands. An option whose default is None means "not given" (the
+# config file decides), and --help shows no default for it.
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
-        "--config",
-        "-c",
-        help="Config file (default: ./config.yaml when present).",
-        dir_okay=False,
-        show_default=False,
+        "--config", "-c", help="Config file (default: ./config.yaml when present).", dir_okay=False
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable report.")]
+ProgramArg = Annotated[
+    str | None,
+    typer.Argument(help="Program name or path (default: the newest in outputs/programs)."),
+]
+AgentNameOpt = Annotated[str | None, typer.Option(help="Agent name (default: <model>-optimized).")]
+
+
+def _force(help: str) -> Any:
+    """--force: what it redoes or replaces differs per command, so each says it."""
+    return typer.Option("--force", help=help)
+
+
+def _require_success(help: str) -> Any:
+    return typer.Option("--require-success/--allow-failures", help=help)
 
 
 def handle_errors(fn: F) -> F:
@@ -99,6 +129,10 @@ def _root(
     _state["debug"] = debug
 
 
+# ---------------------------------------------------------------------------------------------
+# Printing helpers, shared by the commands
+
+
 def _rel(path: str | Path | None, base: Path | None = None) -> str:
     """The one way a path is shown: relative to `base` (else the working directory) when it
     lies below it; control characters escaped and Rich markup neutralised, so a file name can
@@ -128,34 +162,144 @@ def _lines(message: str) -> str:
     return "\n".join(_text(line) for line in message.split("\n"))
 
 
+def _line(message: str) -> None:
+    """One line of the result on stdout; a long one is left to the terminal to wrap."""
+    out.print(message, soft_wrap=True)
+
+
 def _problem(severity: str, file: str, where: str, message: str) -> None:
     """One input problem as `severity file: json.path: message` on stdout (part of the report)."""
     color = "red" if severity == "error" else "yellow"
-    loc = f"{_rel(file)}: {_text(where)}: " if where else f"{_rel(file)}: "
-    out.print(f"[{color}]{severity}[/] {loc}{_text(message)}", highlight=False, soft_wrap=True)
+    location = f"{_rel(file)}: {_text(where)}: " if where else f"{_rel(file)}: "
+    out.print(f"[{color}]{severity}[/] {location}{_text(message)}", highlight=False, soft_wrap=True)
+
+
+def _problems(problems: Iterable[Problem]) -> None:
+    for problem in problems:
+        _problem(problem.severity, problem.file, problem.where, problem.message)
 
 
 def _warn(message: str) -> None:
     err.print(f"[yellow]warning:[/] {_text(message)}", highlight=False, soft_wrap=True)
 
 
-def _load(config: Path | None, overrides: dict[str, Any] | None = None) -> Any:
+def _warn_all(warnings: Iterable[str], already_shown: set[str] | None = None) -> None:
+    """Each warning once: those said before the stage ran (`already_shown`) are not repeated."""
+    for warning in warnings:
+        if warning not in (already_shown or set()):
+            _warn(warning)
+
+
+def _right(header: str) -> Column:
+    """A table column of figures."""
+    return Column(header, justify="right")
+
+
+def _say_program(program_used: str) -> None:
+    """Which program file a command read, and from what kind of run (on stderr)."""
+    err.print(f"program: {program_used}", highlight=False, soft_wrap=True)
+
+
+def _load(config: Path | None, overrides: dict[str, Any] | None = None) -> LoadedSettings:
     from ocdspy.config import load_settings
 
     loaded = load_settings(config, overrides=overrides)
-    for w in loaded.warnings:
-        _warn(w)
+    _warn_all(loaded.warnings)
     return loaded
 
 
-def _warn_teacher(settings: Any) -> set[str]:
+def _settings(config: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    return _load(config, overrides).settings
+
+
+def _warn_teacher(settings: Settings) -> set[str]:
     """Say before any LM call that the optimizer needs a better teacher; returns what was said."""
     from ocdspy.config import capable_teacher_warning
 
-    w = capable_teacher_warning(settings)
-    if w:
-        _warn(w)
-    return {w} if w else set()
+    warning = capable_teacher_warning(settings)
+    if warning:
+        _warn(warning)
+    return {warning} if warning else set()
+
+
+def _quiet_dspy_bars() -> None:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # DSPy's own bars would fight ours
+
+
+class _Bars:
+    """Progress on stderr, drawn for a `ocdspy.progress.Reporter`: the current stage, then one
+    bar per part of its work with counts, elapsed time and time left. Transient: the bars are
+    gone when the work ends. Nothing is drawn when stderr is not a terminal, or when `enabled`
+    is false (`--json`); NO_COLOR drops the colours (Rich reads it), not the bars."""
+
+    def __init__(self, *, console: Console | None = None, enabled: bool = True) -> None:
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        console = console or err
+        self._bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[count]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not (enabled and console.is_terminal and not console.is_dumb_terminal),
+        )
+        self._stage = ""
+        self._stage_line: TaskID | None = None  # the stage alone, until its first step
+        self._tasks: dict[str, TaskID] = {}
+        # Optimizers and evaluation report from their worker threads.
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _Bars:
+        self._bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bars.stop()
+
+    def stage(self, name: str) -> None:
+        """A new stage: the last one's bars, drawn once more with their final counts, go; the
+        stage shows alone until its first step."""
+        with self._lock:
+            self._bars.refresh()
+            self._clear()
+            self._stage = name
+            self._stage_line = self._bars.add_task(f"{_text(name)}…", total=None, count="")
+            self._bars.refresh()
+
+    def step(self, step: Step) -> None:
+        label = _text(" · ".join(part for part in (self._stage, step.task, step.detail) if part))
+        done = f"{step.done}/{step.total}" if step.total is not None else str(step.done)
+        with self._lock:
+            if self._stage_line is not None:
+                self._bars.remove_task(self._stage_line)
+                self._stage_line = None
+            task = self._tasks.get(step.task)
+            if task is None:
+                task = self._tasks[step.task] = self._bars.add_task(
+                    label, total=step.total, count=""
+                )
+            self._bars.update(
+                task,
+                completed=step.done,
+                total=step.total,
+                description=label,
+                count=f"{done} {step.unit}".rstrip(),
+            )
+
+    def _clear(self) -> None:
+        for task in [*self._tasks.values(), self._stage_line]:
+            if task is not None:
+                self._bars.remove_task(task)
+        self._tasks, self._stage_line = {}, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,21 +310,19 @@ def _warn_teacher(settings: Any) -> set[str]:
 @handle_errors
 def init(
     directory: Annotated[Path, typer.Argument(help="Project directory.")] = Path("."),
-    force: Annotated[
-        bool, typer.Option("--force", help="Overwrite existing files (a backup is kept).")
-    ] = False,
+    force: Annotated[bool, _force("Overwrite existing files (a backup is kept).")] = False,
 ) -> None:
     """Scaffold a project: config.yaml, .env.example, data/ and outputs/ folders."""
     from ocdspy.scaffold import init_project
 
-    res = init_project(directory, force=force)
-    for name in res.created:
+    result = init_project(directory, force=force)
+    for name in result.created:
         out.print(f"[green]created[/]     {_rel(directory / name)}")
-    for name in res.overwritten:
+    for name in result.overwritten:
         out.print(f"[yellow]overwritten[/] {_rel(directory / name)}")
-    for name in res.kept:
+    for name in result.kept:
         out.print(f"[dim]kept[/]        {_rel(directory / name)}")
-    if any(k in ("config.yaml", ".env.example") for k in res.kept):
+    if any(name in ("config.yaml", ".env.example") for name in result.kept):
         out.print("[dim]existing files were kept; use --force to replace them (with a backup)[/]")
 
 
@@ -193,14 +335,17 @@ def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     loaded = _load(config)
     rows = settings_as_rows(loaded)
     if as_json:
-        out.print_json(json.dumps({k: {"value": v, "source": s} for k, v, s in rows}))
+        by_key = {key: {"value": value, "source": source} for key, value, source in rows}
+        out.print_json(json.dumps(by_key))
         return
-    table = Table(title=f"settings ({loaded.config_file or 'no config file'})")
-    table.add_column("setting")
-    table.add_column("value")
-    table.add_column("source", style="dim")
-    for k, v, s in rows:
-        table.add_row(k, v, s)
+    table = Table(
+        "setting",
+        "value",
+        Column("source", style="dim"),
+        title=f"settings ({loaded.config_file or 'no config file'})",
+    )
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
 
 
@@ -213,76 +358,72 @@ def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 def validate(
     paths: Annotated[
         list[Path] | None,
-        typer.Argument(
-            help="Files, directories or glob patterns (default: data.raw_dir).", show_default=False
-        ),
+        typer.Argument(help="Files, directories or glob patterns (default: data.raw_dir)."),
     ] = None,
     config: ConfigOpt = None,
     min_examples: Annotated[
-        int | None, typer.Option(help="Fewest usable examples required.", show_default=False)
+        int | None, typer.Option(help="Fewest usable examples required.")
     ] = None,
     require_success: Annotated[
-        bool | None,
-        typer.Option(
-            "--require-success/--allow-failures",
-            show_default=False,
-            help="Count only successful turns as usable.",
-        ),
+        bool | None, _require_success("Count only successful turns as usable.")
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check session logs: parse every file, report problems, check the data requirements."""
-    from ocdspy.validate import validate as run_validate
+    import ocdspy.validate
 
-    s = _load(
+    data = _settings(
         config, {"data.min_examples": min_examples, "data.require_success": require_success}
-    ).settings
-    inputs = list(paths) if paths else [s.data.raw_dir]
-    # One directory in: name files relative to it, and say which directory in the title.
-    base = inputs[0] if len(inputs) == 1 and inputs[0].is_dir() else None
-    report = run_validate(
-        inputs, min_examples=s.data.min_examples, require_success=s.data.require_success
+    ).data
+    inputs = list(paths) if paths else [data.raw_dir]
+    report = ocdspy.validate.validate(
+        inputs, min_examples=data.min_examples, require_success=data.require_success
     )
     if as_json:
-        data = report.model_dump(mode="json")
-        for f, fr in zip(data["files"], report.files, strict=False):
-            f["status"] = fr.status
-        data["valid"] = report.valid
-        out.print_json(json.dumps(data))
-        raise typer.Exit(report.exit_code)
-
-    table = Table(title=f"session logs in {_rel(str(base))}" if base else "session logs")
-    table.add_column("file", overflow="fold")
-    for col, just in (
-        ("format", "left"),
-        ("sessions", "right"),
-        ("examples", "right"),
-        ("successful", "right"),
-        ("actions", "right"),
-        ("status", "left"),
-    ):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
-    style = {"ok": "[green]ok[/]", "warnings": "[yellow]warnings[/]", "invalid": "[red]invalid[/]"}
-    for f in report.files:
-        table.add_row(
-            _rel(f.file, base),
-            f.format,
-            str(f.sessions),
-            str(f.examples),
-            str(f.successful),
-            str(f.actions),
-            style[f.status],
-        )
-    if report.files:
-        out.print(table)
-    for p in report.problems:
-        _problem(p.severity, p.file, p.path, p.message)
-    for r in report.requirements:
-        mark = "[green]✓[/]" if r.ok else "[red]✗[/]"
-        out.print(f"{mark} {r.message}", highlight=False)
-        if r.fix:
-            out.print(f"  [yellow]fix:[/] {r.fix}", highlight=False, soft_wrap=True)
+        out.print_json(report.model_dump_json())
+    else:
+        # One directory in: name files relative to it, and say which directory in the title.
+        _print_validation(report, inputs[0] if len(inputs) == 1 and inputs[0].is_dir() else None)
     raise typer.Exit(report.exit_code)
+
+
+_FILE_STATUS = {
+    "ok": "[green]ok[/]",
+    "warnings": "[yellow]warnings[/]",
+    "invalid": "[red]invalid[/]",
+}
+
+
+def _print_validation(report: ValidateReport, base: Path | None) -> None:
+    if report.files:
+        table = Table(
+            Column("file", overflow="fold"),
+            "format",
+            _right("sessions"),
+            _right("examples"),
+            _right("successful"),
+            _right("actions"),
+            "status",
+            title=f"session logs in {_rel(str(base))}" if base else "session logs",
+        )
+        for file in report.files:
+            table.add_row(
+                _rel(file.file, base),
+                file.format,
+                str(file.sessions),
+                str(file.examples),
+                str(file.successful),
+                str(file.actions),
+                _FILE_STATUS[file.status],
+            )
+        out.print(table)
+    for problem in report.problems:
+        _problem(problem.severity, problem.file, problem.path, problem.message)
+    for check in report.requirements:
+        mark = "[green]✓[/]" if check.ok else "[red]✗[/]"
+        out.print(f"{mark} {check.message}", highlight=False)
+        if check.fix:
+            out.print(f"  [yellow]fix:[/] {check.fix}", highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,44 +434,30 @@ def validate(
 @handle_errors
 def convert(
     paths: Annotated[
-        list[Path] | None,
-        typer.Argument(help="Inputs (default: data.raw_dir).", show_default=False),
+        list[Path] | None, typer.Argument(help="Inputs (default: data.raw_dir).")
     ] = None,
     config: ConfigOpt = None,
     out_dir: Annotated[
         Path | None,
-        typer.Option(
-            "--out", help="Output directory (default: data.processed_dir).", show_default=False
-        ),
+        typer.Option("--out", help="Output directory (default: data.processed_dir)."),
     ] = None,
-    require_success: Annotated[
-        bool | None,
-        typer.Option(
-            "--require-success/--allow-failures",
-            show_default=False,
-            help="Keep only successful turns.",
-        ),
-    ] = None,
+    require_success: Annotated[bool | None, _require_success("Keep only successful turns.")] = None,
     result_max_chars: Annotated[
-        int | None, typer.Option(help="Truncate tool results to this length.", show_default=False)
+        int | None, typer.Option(help="Truncate tool results to this length.")
     ] = None,
     redact: Annotated[
         bool | None,
         typer.Option(
-            "--redact/--no-redact",
-            show_default=False,
-            help="Replace secrets with placeholders (on by default).",
+            "--redact/--no-redact", help="Replace secrets with placeholders (on by default)."
         ),
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Rebuild even if nothing changed.")
-    ] = False,
+    force: Annotated[bool, _force("Rebuild even if nothing changed.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Turn session logs into examples.jsonl (one example per turn) and a manifest."""
-    from ocdspy.convert import convert as run_convert
+    import ocdspy.convert
 
-    loaded = _load(
+    data = _settings(
         config,
         {
             "data.processed_dir": out_dir,
@@ -338,59 +465,58 @@ def convert(
             "data.result_max_chars": result_max_chars,
             "data.redact": redact,
         },
-    )
-    s = loaded.settings
-    if not s.data.redact:
+    ).data
+    if not data.redact:
         err.print(
             "[yellow]warning:[/] redaction is off: secrets in the logs will be written "
             "into examples and may reach a model or an exported prompt"
         )
-    inputs = list(paths) if paths else [s.data.raw_dir]
     with err.status("converting sessions…"):
-        res = run_convert(
-            inputs,
-            s.data.processed_dir,
-            require_success=s.data.require_success,
-            result_max_chars=s.data.result_max_chars,
-            redact=s.data.redact,
+        result = ocdspy.convert.convert(
+            list(paths) if paths else [data.raw_dir],
+            data.processed_dir,
+            require_success=data.require_success,
+            result_max_chars=data.result_max_chars,
+            redact=data.redact,
             force=force,
         )
-    m = res.manifest
-    # A file that could not be read fails the command (exit 1), after the others are converted.
-    failed = sum(p.severity == "error" for p in res.problems)
+    failed = sum(problem.severity == "error" for problem in result.problems)
     if as_json:
-        out.print_json(
-            json.dumps(
-                {
-                    "cached": res.cached,
-                    "examples": str(res.examples_path),
-                    **m.model_dump(mode="json"),
-                }
-            )
-        )
-        raise typer.Exit(1 if failed else 0)
-    for p in res.problems:
-        _problem(p.severity, p.file, p.where, p.message)
-    if res.cached:
+        summary = {"cached": result.cached, "examples": str(result.examples_path)}
+        out.print_json(json.dumps({**summary, **result.manifest.model_dump(mode="json")}))
+    else:
+        _print_conversion(result, failed)
+    # A file that could not be read fails the command (exit 1), after the others are converted.
+    raise typer.Exit(1 if failed else 0)
+
+
+def _print_conversion(result: ConvertResult, failed: int) -> None:
+    _problems(result.problems)
+    manifest = result.manifest
+    if result.cached:
         out.print(
-            f"inputs and settings unchanged: {_rel(str(res.examples_path))} is up to date "
-            f"({m.examples_kept} examples); use --force to rebuild"
+            f"inputs and settings unchanged: {_rel(str(result.examples_path))} is up to date "
+            f"({manifest.examples_kept} examples); use --force to rebuild"
         )
-        raise typer.Exit(1 if failed else 0)
-    out.print(f"read {m.sessions_read} sessions, {m.turns_in} turns from {len(m.sources)} inputs")
-    out.print(f"[green]wrote {m.examples_kept} examples[/] to {_rel(str(res.examples_path))}")
-    for reason, n in m.dropped.items():
-        out.print(f"  dropped {n}: {reason}")
-    if m.redactions:
-        kinds = ", ".join(f"{k} {n}" for k, n in m.redactions.items())
-        out.print(f"  redacted {sum(m.redactions.values())} secrets ({kinds})")
-    out.print(f"manifest: {_rel(str(res.manifest_path))}")
+        return
+    out.print(
+        f"read {manifest.sessions_read} sessions, {manifest.turns_in} turns "
+        f"from {len(manifest.sources)} inputs"
+    )
+    out.print(
+        f"[green]wrote {manifest.examples_kept} examples[/] to {_rel(str(result.examples_path))}"
+    )
+    for reason, count in manifest.dropped.items():
+        out.print(f"  dropped {count}: {reason}")
+    if manifest.redactions:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in manifest.redactions.items())
+        out.print(f"  redacted {sum(manifest.redactions.values())} secrets ({kinds})")
+    out.print(f"manifest: {_rel(str(result.manifest_path))}")
     if failed:
         err.print(
             f"[red]{failed} input problem(s)[/] (listed above); the other inputs were converted",
             highlight=False,
         )
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -399,47 +525,106 @@ def split(
     config: ConfigOpt = None,
     examples: Annotated[
         Path | None,
-        typer.Option(
-            help="examples.jsonl (default: data.processed_dir/examples.jsonl).", show_default=False
-        ),
+        typer.Option(help="examples.jsonl (default: data.processed_dir/examples.jsonl)."),
     ] = None,
     out_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", help="Output directory (default: data.splits_dir).", show_default=False
-        ),
+        Path | None, typer.Option("--out", help="Output directory (default: data.splits_dir).")
     ] = None,
     train_split: Annotated[
-        float | None, typer.Option(help="Fraction of sessions to train on.", show_default=False)
+        float | None, typer.Option(help="Fraction of sessions to train on.")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Split seed.", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(help="Split seed.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Split examples into train and validation sets, grouped by session."""
-    from ocdspy.split import split as run_split
+    import ocdspy.split
 
     overrides: dict[str, Any] = {"data.splits_dir": out_dir, "data.seed": seed}
     if train_split is not None:
         overrides["data.train_split"] = train_split
         overrides["data.val_split"] = round(1.0 - train_split, 10)
-    s = _load(config, overrides).settings
-    src = examples or s.data.processed_dir / "examples.jsonl"
-    res = run_split(src, s.data.splits_dir, train_fraction=s.data.train_split, seed=s.data.seed)
-    m = res.manifest
+    data = _settings(config, overrides).data
+    result = ocdspy.split.split(
+        examples or data.processed_dir / "examples.jsonl",
+        data.splits_dir,
+        train_fraction=data.train_split,
+        seed=data.seed,
+    )
+    manifest = result.manifest
     if as_json:
-        out.print_json(m.model_dump_json())
+        out.print_json(manifest.model_dump_json())
         return
-    for name, side, path in (("train", m.train, res.train_path), ("val", m.val, res.val_path)):
-        out.print(
+    for name, side, path in (
+        ("train", manifest.train, result.train_path),
+        ("val", manifest.val, result.val_path),
+    ):
+        _line(
             f"{name:5} {side.examples:4} examples from {side.sessions:3} sessions "
-            f"({side.successful} successful, {side.failed} failed) -> {_rel(str(path))}",
-            soft_wrap=True,
+            f"({side.successful} successful, {side.failed} failed) -> {_rel(str(path))}"
         )
-    out.print(f"manifest: {_rel(str(res.manifest_path))}")
+    out.print(f"manifest: {_rel(str(result.manifest_path))}")
 
 
 # ---------------------------------------------------------------------------------------------
 # collect
+
+
+# Which store collect reads, and which of its sessions.
+StoreDb = Annotated[
+    Path | None,
+    typer.Option(
+        "--db",
+        help="OpenCode database to read (default: found as OpenCode finds it).",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+StoreFolder = Annotated[
+    Path | None,
+    typer.Option(
+        "--storage",
+        help="Legacy OpenCode storage/ folder to read instead of a database.",
+        exists=True,
+        file_okay=False,
+    ),
+]
+
+
+def _filter(flag: str, metavar: str, help: str, **checks: Any) -> Any:
+    """One of collect's filters: which of the store's sessions to copy."""
+    return typer.Option(flag, help=help, metavar=metavar, **checks)
+
+
+ProjectFilter = Annotated[
+    list[Path] | None,
+    _filter("--project", "<dir>", "Only sessions run in this directory or below it (repeatable)."),
+]
+SinceFilter = Annotated[
+    str | None,
+    _filter(
+        "--since", "<when>", "Only sessions updated since: 2026-01-31, 2026-01-31T14:00, 7d, 12h."
+    ),
+]
+AgentFilter = Annotated[
+    list[str] | None,
+    _filter("--agent", "<name>", "Only sessions that used this agent (repeatable)."),
+]
+ModelFilter = Annotated[
+    list[str] | None,
+    _filter(
+        "--model",
+        "<name>",
+        "Only sessions that used this model, provider/model or model (repeatable).",
+    ),
+]
+SessionFilter = Annotated[
+    list[str] | None,
+    _filter("--session", "<id>", "Only this session and its sub-agent sessions (repeatable)."),
+]
+LimitFilter = Annotated[
+    int | None,
+    _filter("--limit", "<n>", "At most this many sessions, most recently updated first.", min=1),
+]
 
 
 @app.command()
@@ -449,101 +634,29 @@ def collect(
     out_dir: Annotated[
         Path | None,
         typer.Option(
-            "--out",
-            help="Where to write sessions (default: data.raw_dir).",
-            file_okay=False,
-            show_default=False,
+            "--out", help="Where to write sessions (default: data.raw_dir).", file_okay=False
         ),
     ] = None,
-    db: Annotated[
-        Path | None,
-        typer.Option(
-            help="OpenCode database to read (default: found as OpenCode finds it).",
-            exists=True,
-            dir_okay=False,
-            show_default=False,
-        ),
-    ] = None,
-    storage: Annotated[
-        Path | None,
-        typer.Option(
-            help="Legacy OpenCode storage/ folder to read instead of a database.",
-            exists=True,
-            file_okay=False,
-            show_default=False,
-        ),
-    ] = None,
-    project: Annotated[
-        list[Path] | None,
-        typer.Option(
-            help="Only sessions run in this directory or below it (repeatable).",
-            metavar="<dir>",
-            show_default=False,
-        ),
-    ] = None,
-    since: Annotated[
-        str | None,
-        typer.Option(
-            help="Only sessions updated since: 2026-01-31, 2026-01-31T14:00, 7d, 12h.",
-            metavar="<when>",
-            show_default=False,
-        ),
-    ] = None,
-    agent: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Only sessions that used this agent (repeatable).",
-            metavar="<name>",
-            show_default=False,
-        ),
-    ] = None,
-    model: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Only sessions that used this model, provider/model or model (repeatable).",
-            metavar="<name>",
-            show_default=False,
-        ),
-    ] = None,
-    session: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Only this session and its sub-agent sessions (repeatable).",
-            metavar="<id>",
-            show_default=False,
-        ),
-    ] = None,
-    limit: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="At most this many sessions, most recently updated first.",
-            metavar="<n>",
-            show_default=False,
-        ),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Rewrite sessions already collected and unchanged.")
-    ] = False,
+    db: StoreDb = None,
+    storage: StoreFolder = None,
+    project: ProjectFilter = None,
+    since: SinceFilter = None,
+    agent: AgentFilter = None,
+    model: ModelFilter = None,
+    session: SessionFilter = None,
+    limit: LimitFilter = None,
+    force: Annotated[bool, _force("Rewrite sessions already collected and unchanged.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Copy sessions out of OpenCode's own store (read-only) into data.raw_dir."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    import ocdspy.collect
+    from ocdspy.progress import on_sessions
 
-    from ocdspy.collect import collect as run_collect
-
-    s = _load(config, {"data.raw_dir": out_dir}).settings
-    with Progress(
-        TextColumn("collecting sessions"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err,
-        transient=True,
-        disable=as_json,
-    ) as progress:
-        task = progress.add_task("collect", total=None)
-        res = run_collect(
-            s.data.raw_dir,
+    raw_dir = _settings(config, {"data.raw_dir": out_dir}).data.raw_dir
+    with _Bars(enabled=not as_json) as bars:
+        bars.step(Step("collecting sessions", 0, None))
+        result = ocdspy.collect.collect(
+            raw_dir,
             db=db,
             storage=storage,
             project=project or (),
@@ -553,28 +666,31 @@ def collect(
             sessions=session or (),
             limit=limit,
             force=force,
-            on_progress=lambda n, total: progress.update(task, completed=n, total=total),
+            on_progress=on_sessions(bars, "collecting sessions"),
         )
     if as_json:
-        data = res.model_dump(mode="json", exclude={"problems"})
-        data["problems"] = [
-            {"file": p.file, "path": p.where, "message": p.message, "severity": p.severity}
-            for p in res.problems
-        ]
-        out.print_json(json.dumps(data))
+        from ocdspy.validate import ProblemOut
+
+        summary = result.model_dump(mode="json", exclude={"problems"})
+        summary["problems"] = [ProblemOut.of(problem).model_dump() for problem in result.problems]
+        out.print_json(json.dumps(summary))
         return
-    for p in res.problems:
-        _problem(p.severity, p.file, p.where, p.message)
-    st = res.store
+    _print_collection(result)
+
+
+def _print_collection(result: CollectResult) -> None:
+    _problems(result.problems)
+    store = result.store
     out.print(
-        f"store: {_rel(st.path)} ({st.format}, found via {st.found_by}); "
-        f"{res.sessions_in_store} sessions",
+        f"store: {_rel(store.path)} ({store.format}, found via {store.found_by}); "
+        f"{result.sessions_in_store} sessions",
         highlight=False,
         soft_wrap=True,
     )
     out.print(
-        f"[green]collected {res.selected} sessions[/]: {len(res.written)} written, "
-        f"{res.unchanged} unchanged, {res.empty} without messages -> {_rel(res.out_dir)}",
+        f"[green]collected {result.selected} sessions[/]: {len(result.written)} written, "
+        f"{result.unchanged} unchanged, {result.empty} without messages "
+        f"-> {_rel(result.out_dir)}",
         highlight=False,
         soft_wrap=True,
     )
@@ -587,24 +703,14 @@ def collect(
 @app.command()
 @handle_errors
 def export(
-    program: Annotated[
-        str | None,
-        typer.Argument(
-            help="Program name or path (default: the newest in outputs/programs).",
-            show_default=False,
-        ),
-    ] = None,
+    program: ProgramArg = None,
     config: ConfigOpt = None,
-    name: Annotated[
-        str | None,
-        typer.Option(help="Agent name (default: <model>-optimized).", show_default=False),
-    ] = None,
+    name: AgentNameOpt = None,
     install_to: Annotated[
         Path | None,
         typer.Option(
             "--install-to",
             help="Copy the agent into this OpenCode agent folder (e.g. ~/.config/opencode/agents).",
-            show_default=False,
         ),
     ] = None,
     mode: Annotated[
@@ -618,56 +724,52 @@ def export(
             "(opencode.json next to the install folder; a backup is kept).",
         ),
     ] = False,
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace an installed agent of that name (backed up).")
-    ] = False,
+    force: Annotated[bool, _force("Replace an installed agent of that name (backed up).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write the optimized program as an OpenCode agent file, and optionally install it."""
+    import ocdspy.export
     from ocdspy.evaluate import resolve_program
-    from ocdspy.export import export_program
 
     if mode not in ("primary", "subagent", "all"):
         raise typer.BadParameter("must be primary, subagent or all", param_hint="--mode")
-    s = _load(config).settings
-    res = export_program(
-        s,
-        resolve_program(s, program),
+    settings = _settings(config)
+    result = ocdspy.export.export_program(
+        settings,
+        resolve_program(settings, program),
         name=name,
         mode=mode,  # type: ignore[arg-type]
         install_to=install_to,
         set_default=set_default,
         force=force,
     )
-    err.print(f"program: {res.program_used}", highlight=False, soft_wrap=True)
-    for w in res.warnings:
-        _warn(w)
+    _say_program(result.program_used)
+    _warn_all(result.warnings)
     if as_json:
-        out.print_json(res.model_dump_json())
+        out.print_json(result.model_dump_json())
         return
-    out.print(
-        f"[green]wrote[/] {_rel(str(res.agent_path))} (agent [bold]{res.name}[/], "
-        f"{res.front_matter.mode})",
-        soft_wrap=True,
+    _print_export(result)
+
+
+def _print_export(result: ExportResult) -> None:
+    _line(
+        f"[green]wrote[/] {_rel(str(result.agent_path))} (agent [bold]{result.name}[/], "
+        f"{result.front_matter.mode})"
     )
-    out.print(f"provenance: {_rel(str(res.meta_path))}", soft_wrap=True)
-    if res.installed_path:
-        out.print(f"[green]installed[/] {_rel(res.installed_path)}", soft_wrap=True)
-        if res.backup_path:
-            out.print(f"  previous version kept as {_rel(res.backup_path)}", soft_wrap=True)
-    if res.config_path:
-        out.print(
-            f"default_agent set in {_rel(res.config_path)}"
-            + (f" (backup {_rel(res.config_backup.name)})" if res.config_backup else ""),
-            soft_wrap=True,
-        )
-    how = (
-        f"opencode --agent {res.name}"
-        if res.installed_path
-        else "ocdspy export --install-to ~/.config/opencode/agents, then "
-        f"opencode --agent {res.name}"
+    _line(f"provenance: {_rel(str(result.meta_path))}")
+    if result.installed_path:
+        _line(f"[green]installed[/] {_rel(result.installed_path)}")
+        if result.backup_path:
+            _line(f"  previous version kept as {_rel(result.backup_path)}")
+    if result.config_path:
+        backup = f" (backup {_rel(result.config_backup.name)})" if result.config_backup else ""
+        _line(f"default_agent set in {_rel(result.config_path)}{backup}")
+    start = f"opencode --agent {result.name}"
+    _line(
+        f"use it: {start}"
+        if result.installed_path
+        else f"use it: ocdspy export --install-to ~/.config/opencode/agents, then {start}"
     )
-    out.print(f"use it: {how}", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -678,25 +780,15 @@ def export(
 @handle_errors
 def pipeline(
     config: ConfigOpt = None,
-    optimizer: Annotated[
-        str | None, typer.Option(help="Override optimization.optimizer.", show_default=False)
-    ] = None,
+    optimizer: Annotated[str | None, typer.Option(help="Override optimization.optimizer.")] = None,
     name: Annotated[
-        str | None,
-        typer.Option(help="Run name (default: <program>-<optimizer>).", show_default=False),
+        str | None, typer.Option(help="Run name (default: <program>-<optimizer>).")
     ] = None,
-    agent_name: Annotated[
-        str | None,
-        typer.Option(
-            "--agent-name", help="Agent name (default: <model>-optimized).", show_default=False
-        ),
-    ] = None,
+    agent_name: AgentNameOpt = None,
     install_to: Annotated[
         Path | None,
         typer.Option(
-            "--install-to",
-            help="Also install the agent into this OpenCode agent folder.",
-            show_default=False,
+            "--install-to", help="Also install the agent into this OpenCode agent folder."
         ),
     ] = None,
     set_default: Annotated[
@@ -706,87 +798,82 @@ def pipeline(
         bool,
         typer.Option("--overwrite", help="Replace an installed agent of that name (backed up)."),
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Redo every stage.")] = False,
+    force: Annotated[bool, _force("Redo every stage.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run validate → convert → split → optimize → evaluate → export, skipping what is current."""
-    from ocdspy.pipeline import run_pipeline
+    _quiet_dspy_bars()
+    import ocdspy.pipeline
 
-    s = _load(config, {"optimization.optimizer": optimizer}).settings
-    shown = _warn_teacher(s)
-    status = err.status("starting…")
-    status.start()
-    try:
-        res = run_pipeline(
-            s,
+    settings = _settings(config, {"optimization.optimizer": optimizer})
+    shown = _warn_teacher(settings)
+    with _Bars() as bars:
+        result = ocdspy.pipeline.run_pipeline(
+            settings,
             name=name,
             force=force,
             install_to=install_to,
             set_default=set_default,
             overwrite=overwrite,
             agent_name=agent_name,
-            on_stage=lambda st: status.update(f"{st}…"),
+            on_stage=bars.stage,
         )
-    finally:
-        status.stop()
     if as_json:
-        out.print_json(res.model_dump_json())
+        out.print_json(result.model_dump_json())
         return
-    table = Table(title="pipeline")
-    for col in ("stage", "status", "seconds", "detail"):
-        table.add_column(col, overflow="fold")
-    for st in res.stages:
-        table.add_row(st.stage, st.status, f"{st.seconds:.1f}", _rel(st.detail))
-    out.print(table)
-    for w in res.warnings:
-        if w not in shown:
-            _warn(w)
-    out.print(
-        f"data: {res.sessions} sessions -> {res.examples} examples "
-        f"(train {res.train_examples} from {res.train_sessions} sessions, "
-        f"val {res.val_examples} from {res.val_sessions})",
-        soft_wrap=True,
+    _print_pipeline(result, shown)
+
+
+def _print_pipeline(result: PipelineResult, shown: set[str]) -> None:
+    table = Table(
+        *(Column(header, overflow="fold") for header in ("stage", "status", "seconds", "detail")),
+        title="pipeline",
     )
-    if res.baseline_score is not None and res.optimized_score is not None:
-        gain = res.optimized_score - res.baseline_score
+    for stage in result.stages:
+        table.add_row(stage.stage, stage.status, f"{stage.seconds:.1f}", _rel(stage.detail))
+    out.print(table)
+    _warn_all(result.warnings, shown)
+    _line(
+        f"data: {result.sessions} sessions -> {result.examples} examples "
+        f"(train {result.train_examples} from {result.train_sessions} sessions, "
+        f"val {result.val_examples} from {result.val_sessions})"
+    )
+    if result.baseline_score is not None and result.optimized_score is not None:
+        gain = result.optimized_score - result.baseline_score
         ci = (
-            f", 95% CI {res.ci_low:+.1f} to {res.ci_high:+.1f}"
-            if res.ci_low is not None and res.ci_high is not None
+            f", 95% CI {result.ci_low:+.1f} to {result.ci_high:+.1f}"
+            if result.ci_low is not None and result.ci_high is not None
             else ""
         )
-        out.print(
-            f"score on held-out sessions ({res.optimizer}): baseline "
-            f"{res.baseline_score:.1f} -> optimized {res.optimized_score:.1f} "
-            f"({gain:+.1f}{ci})",
-            soft_wrap=True,
+        _line(
+            f"score on held-out sessions ({result.optimizer}): baseline "
+            f"{result.baseline_score:.1f} -> optimized {result.optimized_score:.1f} "
+            f"({gain:+.1f}{ci})"
         )
-    cost = f", cost ${res.lm_cost:.4f}" if res.lm_cost else ""
-    out.print(f"LM calls this run: {res.lm_calls} ({res.lm_new_calls} not from cache){cost}")
-    if res.report_path:
-        out.print(f"report: {_rel(str(res.report_path.with_suffix('.md')))}", soft_wrap=True)
-    if res.agent_path:
-        out.print(f"agent: {_rel(str(res.agent_path))}", soft_wrap=True)
-        if res.installed_path:
-            out.print(
-                f"installed: {_rel(res.installed_path)}; start it with "
-                f"`opencode --agent {res.agent_name}`",
-                soft_wrap=True,
-            )
-        else:
-            out.print(
-                f"use it: ocdspy export --install-to ~/.config/opencode/agents, then "
-                f"`opencode --agent {res.agent_name}`",
-                soft_wrap=True,
-            )
-    out.print(f"done in {res.seconds:.0f} s")
+    cost = f", cost ${result.lm_cost:.4f}" if result.lm_cost else ""
+    out.print(f"LM calls this run: {result.lm_calls} ({result.lm_new_calls} not from cache){cost}")
+    if result.report_path:
+        _line(f"report: {_rel(str(result.report_path.with_suffix('.md')))}")
+    if result.agent_path:
+        _print_agent_start(result)
+    out.print(f"done in {result.seconds:.0f} s")
+
+
+def _print_agent_start(result: PipelineResult) -> None:
+    _line(f"agent: {_rel(str(result.agent_path))}")
+    start = f"`opencode --agent {result.agent_name}`"
+    if result.installed_path:
+        _line(f"installed: {_rel(result.installed_path)}; start it with {start}")
+    else:
+        _line(f"use it: ocdspy export --install-to ~/.config/opencode/agents, then {start}")
 
 
 # ---------------------------------------------------------------------------------------------
 # optimize / evaluate
 
 
-def _score_cell(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1f}"
+def _score_cell(score: float | None) -> str:
+    return "-" if score is None else f"{score:.1f}"
 
 
 def _auto_mode_flag(auto: str | None, trials: int | None) -> Any:
@@ -809,37 +896,27 @@ def optimize(
         str | None,
         typer.Option(
             help="MIPROv2, COPRO, BootstrapFewShot, BootstrapFewShotWithRandomSearch, "
-            "GEPA or SIMBA.",
-            show_default=False,
+            "GEPA or SIMBA."
         ),
     ] = None,
     auto: Annotated[
         str | None,
-        typer.Option(
-            help="Budget preset: light, medium, heavy, or none (use --trials).", show_default=False
-        ),
+        typer.Option(help="Budget preset: light, medium, heavy, or none (use --trials)."),
     ] = None,
     trials: Annotated[
         int | None,
         typer.Option(
             help="Trials (MIPROv2, random search) or full evaluations (GEPA) when --auto is none.",
-            show_default=False,
             min=1,
         ),
     ] = None,
-    program: Annotated[
-        str | None, typer.Option(help="Program mode: plan or next_action.", show_default=False)
-    ] = None,
+    program: Annotated[str | None, typer.Option(help="Program mode: plan or next_action.")] = None,
     metric: Annotated[
-        str | None,
-        typer.Option(help="Custom metric as package.module:function.", show_default=False),
+        str | None, typer.Option(help="Custom metric as package.module:function.")
     ] = None,
-    num_threads: Annotated[
-        int | None, typer.Option(help="Parallel LM calls.", show_default=False, min=1)
-    ] = None,
+    num_threads: Annotated[int | None, typer.Option(help="Parallel LM calls.", min=1)] = None,
     name: Annotated[
-        str | None,
-        typer.Option(help="Program name (default: <program>-<optimizer>).", show_default=False),
+        str | None, typer.Option(help="Program name (default: <program>-<optimizer>).")
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the planned LM calls and cost, then stop.")
@@ -847,160 +924,148 @@ def optimize(
     as_json: JsonOpt = False,
 ) -> None:
     """Optimize the agent program on the training split; save it and a run record."""
-    import os
-
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    os.environ.setdefault("TQDM_DISABLE", "1")  # DSPy's own bars would fight ours
-    from ocdspy.optimize import OptimizationInterrupted, ProgressEvent
-    from ocdspy.optimize import optimize as run_optimize
-
-    overrides: dict[str, Any] = {
-        "optimization.optimizer": optimizer,
-        "optimization.num_trials": trials,
-        "optimization.program": program,
-        "optimization.metric": metric,
-        "optimization.num_threads": num_threads,
-    }
-    overrides["optimization.auto_mode"] = _auto_mode_flag(auto, trials)
-    s = _load(config, overrides).settings
-    shown = _warn_teacher(s)
-
-    if dry_run:
-        res = run_optimize(s, name=name, dry_run=True)
-        if as_json:
-            out.print_json(res.plan.model_dump_json())
-            return
-        for w in res.warnings:
-            if w not in shown:
-                _warn(w)
-        p = res.plan
-        table = Table(
-            title=f"{p.optimizer} on {p.train_examples} training examples "
-            f"({p.program} mode) — planned, not run"
-        )
-        for col, just in (
-            ("role", "left"),
-            ("model", "left"),
-            ("LM calls", "right"),
-            ("input tokens", "right"),
-            ("output tokens", "right"),
-            ("est. cost", "right"),
-        ):
-            table.add_column(col, justify=just)  # type: ignore[arg-type]
-        for c in p.calls:
-            table.add_row(
-                c.role,
-                c.model,
-                f"≤ {c.calls}",
-                f"{c.input_tokens:,}",
-                f"{c.output_tokens:,}",
-                "unknown" if c.cost is None else f"${c.cost:.4f}",
-            )
-        out.print(table)
-        total = (
-            "unknown (a model's price is not known)"
-            if p.total_cost is None
-            else f"${p.total_cost:.4f}"
-        )
-        out.print(f"estimated cost: {total}; scored predictions: ≤ {p.metric_calls}")
-        for n in p.notes:
-            out.print(f"[dim]{n}[/]", highlight=False, soft_wrap=True)
-        return
-
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} scored"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
+    _quiet_dspy_bars()
+    settings = _settings(
+        config,
+        {
+            "optimization.optimizer": optimizer,
+            "optimization.num_trials": trials,
+            "optimization.program": program,
+            "optimization.metric": metric,
+            "optimization.num_threads": num_threads,
+            "optimization.auto_mode": _auto_mode_flag(auto, trials),
+        },
     )
-    task = progress.add_task(f"{s.optimization.optimizer}", total=None)
-
-    def on_progress(ev: ProgressEvent) -> None:
-        best = "" if ev.best_score is None else f" · best {ev.best_score:.1f}"
-        progress.update(
-            task,
-            completed=ev.metric_calls,
-            total=ev.planned_metric_calls or None,
-            description=f"{s.optimization.optimizer} · {ev.candidates} candidate(s){best}",
-        )
-
-    try:
-        with progress:
-            res = run_optimize(s, name=name, on_progress=on_progress)
-    except OptimizationInterrupted as e:
-        r = e.result
-        err.print("[yellow]interrupted.[/]", highlight=False)
-        if r.program_path is not None:
-            err.print(
-                f"best program so far saved to {_rel(r.program_path)}; any completed "
-                f"{r.name}.json is unchanged",
-                soft_wrap=True,
-            )
-        else:
-            err.print("no candidate had been scored yet: no program saved", soft_wrap=True)
-        if r.record_path is not None:
-            err.print(f"run record: {_rel(r.record_path)}", soft_wrap=True)
-        if r.record is not None and r.record.resume_hint:
-            err.print(f"to resume: {r.record.resume_hint}", soft_wrap=True)
-        raise typer.Exit(130) from None
-    rec = res.record
-    assert rec is not None
-    for w in res.warnings:
-        if w not in shown:
-            _warn(w)
-    if as_json:
-        out.print_json(rec.model_dump_json())
+    shown = _warn_teacher(settings)
+    if dry_run:
+        _plan_only(settings, name, shown, as_json)
         return
-    if rec.trials:
-        table = Table(title="candidates scored (score 0-100 on the selection set)")
-        table.add_column("trial", justify="right")
-        table.add_column("score", justify="right")
-        table.add_column("scored", justify="right")
-        table.add_column("best", justify="center")
-        for t in rec.trials:
-            table.add_row(
-                str(t.index),
-                f"{t.score:.1f}",
-                str(t.scored),
-                "[green]✓[/]" if t.best_so_far else "",
+    result = _optimize_with_bars(settings, name)
+    _warn_all(result.warnings, shown)
+    if as_json:
+        assert result.record is not None
+        out.print_json(result.record.model_dump_json())
+        return
+    _print_optimized(result)
+
+
+def _plan_only(settings: Settings, name: str | None, shown: set[str], as_json: bool) -> None:
+    import ocdspy.optimize
+
+    result = ocdspy.optimize.optimize(settings, name=name, dry_run=True)
+    if as_json:
+        out.print_json(result.plan.model_dump_json())
+        return
+    _warn_all(result.warnings, shown)
+    _print_plan(result.plan)
+
+
+def _print_plan(plan: OptimizationPlan) -> None:
+    table = Table(
+        "role",
+        "model",
+        _right("LM calls"),
+        _right("input tokens"),
+        _right("output tokens"),
+        _right("est. cost"),
+        title=f"{plan.optimizer} on {plan.train_examples} training examples "
+        f"({plan.program} mode) — planned, not run",
+    )
+    for call in plan.calls:
+        table.add_row(
+            call.role,
+            call.model,
+            f"≤ {call.calls}",
+            f"{call.input_tokens:,}",
+            f"{call.output_tokens:,}",
+            "unknown" if call.cost is None else f"${call.cost:.4f}",
+        )
+    out.print(table)
+    total = (
+        "unknown (a model's price is not known)"
+        if plan.total_cost is None
+        else f"${plan.total_cost:.4f}"
+    )
+    out.print(f"estimated cost: {total}; scored predictions: ≤ {plan.metric_calls}")
+    for note in plan.notes:
+        out.print(f"[dim]{note}[/]", highlight=False, soft_wrap=True)
+
+
+def _optimize_with_bars(settings: Settings, name: str | None) -> OptimizeResult:
+    """Run the optimizer with its trials shown as they score; Ctrl-C says what was kept."""
+    import ocdspy.optimize
+    from ocdspy.progress import on_trials
+
+    optimizer = settings.optimization.optimizer
+    try:
+        with _Bars() as bars:
+            bars.step(Step(optimizer, 0, None, unit="scored"))
+            return ocdspy.optimize.optimize(
+                settings, name=name, on_progress=on_trials(bars, optimizer)
             )
-        out.print(table)
-    usage = Table(title="language models")
-    for col in ("role", "model", "calls", "from cache", "tokens in", "tokens out", "cost"):
-        usage.add_column(col)
-    for u in rec.lm_usage:
+    except ocdspy.optimize.OptimizationInterrupted as e:
+        _print_interrupted(e.result)
+        raise typer.Exit(130) from None
+
+
+def _print_interrupted(result: OptimizeResult) -> None:
+    err.print("[yellow]interrupted.[/]", highlight=False)
+    if result.program_path is not None:
+        err.print(
+            f"best program so far saved to {_rel(result.program_path)}; any completed "
+            f"{result.name}.json is unchanged",
+            soft_wrap=True,
+        )
+    else:
+        err.print("no candidate had been scored yet: no program saved", soft_wrap=True)
+    if result.record_path is not None:
+        err.print(f"run record: {_rel(result.record_path)}", soft_wrap=True)
+    if result.record is not None and result.record.resume_hint:
+        err.print(f"to resume: {result.record.resume_hint}", soft_wrap=True)
+
+
+def _print_optimized(result: OptimizeResult) -> None:
+    record = result.record
+    assert record is not None
+    if record.trials:
+        trials = Table(
+            _right("trial"),
+            _right("score"),
+            _right("scored"),
+            Column("best", justify="center"),
+            title="candidates scored (score 0-100 on the selection set)",
+        )
+        for trial in record.trials:
+            best = "[green]✓[/]" if trial.best_so_far else ""
+            trials.add_row(str(trial.index), f"{trial.score:.1f}", str(trial.scored), best)
+        out.print(trials)
+    usage = Table(
+        "role", "model", "calls", "from cache", "tokens in", "tokens out", "cost",
+        title="language models",
+    )  # fmt: skip
+    for lm in record.lm_usage:
         usage.add_row(
-            u.role,
-            u.model,
-            str(u.calls),
-            str(u.cached),
-            f"{u.input_tokens:,}",
-            f"{u.output_tokens:,}",
-            "-" if u.cost is None else f"${u.cost:.4f}",
+            lm.role,
+            lm.model,
+            str(lm.calls),
+            str(lm.cached),
+            f"{lm.input_tokens:,}",
+            f"{lm.output_tokens:,}",
+            "-" if lm.cost is None else f"${lm.cost:.4f}",
         )
     out.print(usage)
-    out.print(
-        f"[green]saved[/] {_rel(res.program_path)} ({rec.optimizer}, {rec.program} mode, "
-        f"{rec.duration_s:.0f} s)",
-        soft_wrap=True,
+    _line(
+        f"[green]saved[/] {_rel(result.program_path)} ({record.optimizer}, {record.program} "
+        f"mode, {record.duration_s:.0f} s)"
     )
-    out.print(f"run record: {_rel(res.record_path)}", soft_wrap=True)
-    out.print(f"next: ocdspy evaluate {res.name}", highlight=False)
+    _line(f"run record: {_rel(result.record_path)}")
+    out.print(f"next: ocdspy evaluate {result.name}", highlight=False)
 
 
 @app.command()
 @handle_errors
 def evaluate(
-    program: Annotated[
-        str | None,
-        typer.Argument(
-            help="Program name or path (default: the newest in outputs/programs).",
-            show_default=False,
-        ),
-    ] = None,
+    program: ProgramArg = None,
     config: ConfigOpt = None,
     resamples: Annotated[
         int, typer.Option(help="Bootstrap resamples for the confidence interval.", min=100)
@@ -1008,76 +1073,63 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Score the baseline and the optimized program on the validation split."""
-    import os
+    _quiet_dspy_bars()
+    import ocdspy.evaluate
+    from ocdspy.progress import on_examples
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    from ocdspy.evaluate import errors_note
-    from ocdspy.evaluate import evaluate as run_evaluate
-
-    s = _load(config).settings
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    )
-    tasks: dict[str, Any] = {}
-
-    def on_progress(side: str, done: int, total: int) -> None:
-        if side not in tasks:
-            tasks[side] = progress.add_task(side, total=total)
-        progress.update(tasks[side], completed=done)
-
-    with progress:
-        res = run_evaluate(s, program, resamples=resamples, on_progress=on_progress)
-    err.print(f"program: {res.program_used}", highlight=False, soft_wrap=True)
-    r = res.report
+    settings = _settings(config)
+    with _Bars() as bars:
+        result = ocdspy.evaluate.evaluate(
+            settings, program, resamples=resamples, on_progress=on_examples(bars)
+        )
+    _say_program(result.program_used)
     if as_json:
-        out.print_json(r.model_dump_json(exclude={"results"}))
+        out.print_json(result.report.model_dump_json(exclude={"results"}))
         return
-    d = r.difference
-    table = Table(title=f"{r.name} on {r.examples_scored} held-out examples ({r.model})")
-    for col, just in (
-        ("", "left"),
-        ("baseline", "right"),
-        ("optimized", "right"),
-        ("difference", "right"),
-    ):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    _print_report(result.report)
+    _line(f"report: {_rel(result.markdown_path)} (and .json)")
+
+
+def _print_report(report: Report) -> None:
+    from ocdspy.evaluate import errors_note
+
+    difference = report.difference
+    table = Table(
+        "",
+        _right("baseline"),
+        _right("optimized"),
+        _right("difference"),
+        title=f"{report.name} on {report.examples_scored} held-out examples ({report.model})",
+    )
     table.add_row(
         "[bold]score[/]",
-        _score_cell(r.baseline.score),
-        _score_cell(r.optimized.score),
-        f"{d.mean:+.1f} [{d.ci_low:+.1f}, {d.ci_high:+.1f}]",
+        _score_cell(report.baseline.score),
+        _score_cell(report.optimized.score),
+        f"{difference.mean:+.1f} [{difference.ci_low:+.1f}, {difference.ci_high:+.1f}]",
     )
-    for c, v in r.components_difference.items():
+    for component, change in report.components_difference.items():
         table.add_row(
-            c,
-            _score_cell(r.baseline.components[c]),
-            _score_cell(r.optimized.components[c]),
-            f"{v:+.1f}",
+            component,
+            _score_cell(report.baseline.components[component]),
+            _score_cell(report.optimized.components[component]),
+            f"{change:+.1f}",
         )
     out.print(table)
     out.print(
-        f"{int(d.confidence * 100)}% bootstrap interval over {d.unit}: "
-        + ("excludes 0" if d.significant else "includes 0")
-        + f" · improved {r.improved}, worse {r.worse}, unchanged {r.unchanged}"
+        f"{int(difference.confidence * 100)}% bootstrap interval over {difference.unit}: "
+        + ("excludes 0" if difference.significant else "includes 0")
+        + f" · improved {report.improved}, worse {report.worse}, unchanged {report.unchanged}"
     )
-    note = errors_note(r.baseline, r.optimized, r.examples_scored)
+    note = errors_note(report.baseline, report.optimized, report.examples_scored)
     if note:
         _warn(note)
-    for x in r.worse_examples[:5]:
+    for example in report.worse_examples[:5]:
         out.print(
-            f"  [red]worse[/] {x.id}: expected {x.expected[:60]!r}, now "
-            f"{x.optimized_output[:60]!r} ({x.delta:+.0f})",
+            f"  [red]worse[/] {example.id}: expected {example.expected[:60]!r}, now "
+            f"{example.optimized_output[:60]!r} ({example.delta:+.0f})",
             highlight=False,
             soft_wrap=True,
         )
-    out.print(f"report: {_rel(res.markdown_path)} (and .json)", soft_wrap=True)
 
 
 def main() -> None:
