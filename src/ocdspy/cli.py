@@ -98,15 +98,15 @@ def handle_errors(fn: F) -> F:
         except OcdspyError as e:
             if _state["debug"]:
                 err.print_exception()
-            message = mask_keys(e.message)  # the last guard: no API key is ever printed
+            # `_lines` masks keys: the last guard, no API key is ever printed.
             err.print(
-                f"[bold red]error:[/] {_lines(message)}",
+                f"[bold red]error:[/] {_lines(e)}",
                 highlight=False,
                 markup=True,
                 soft_wrap=True,
             )
             if e.hint:
-                err.print(f"  [yellow]hint:[/] {_lines(e.hint)}", highlight=False, soft_wrap=True)
+                err.print(f"  [yellow]hint:[/] {_text(e.hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -156,10 +156,9 @@ def _text(message: str) -> str:
     return rich_escape(printable(message))
 
 
-def _lines(message: str) -> str:
-    """A message of ours that may span lines (`invalid settings:` and one line per problem):
-    its line breaks stay, every other control character is escaped."""
-    return "\n".join(_text(line) for line in message.split("\n"))
+def _lines(error: OcdspyError) -> str:
+    """An error's message and its detail lines, each masked and escaped to one line of its own."""
+    return "\n  ".join(_text(mask_keys(line)) for line in (error.message, *error.details))
 
 
 def _line(message: str) -> None:

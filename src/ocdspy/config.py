@@ -659,7 +659,9 @@ def load_settings(
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, sources, path)) from None
+        raise ConfigError(
+            "invalid settings:", details=_format_validation(e, sources, path)
+        ) from None
     _resolve_default_paths(settings, sources, path.resolve().parent if path else cwd)
     all_sources = {k: sources.get(k, "default") for k in _flatten(settings.model_dump())}
     warnings = file_src.warnings + dotenv_src.warnings + _unused_model_settings(settings, sources)
@@ -754,7 +756,9 @@ def _bound_message(key: str, kind: str, value: Any) -> str | None:
     return f"must be {allowed}, got {value}" if allowed else None
 
 
-def _format_validation(e: ValidationError, sources: dict[str, str], path: Path | None) -> str:
+def _format_validation(
+    e: ValidationError, sources: dict[str, str], path: Path | None
+) -> tuple[str, ...]:
     lines = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"])
@@ -769,7 +773,7 @@ def _format_validation(e: ValidationError, sources: dict[str, str], path: Path |
             related = sorted({s for k, s in sources.items() if k.startswith(loc + ".") or not loc})
             origin = ", ".join(related) if related else (str(path) if path else "defaults")
         lines.append(f"{origin}: {loc or 'config'}: {msg}")
-    return "invalid settings:\n  " + "\n  ".join(lines)
+    return tuple(lines)
 
 
 def settings_as_rows(loaded: LoadedSettings) -> list[tuple[str, str, str]]:

@@ -8,13 +8,18 @@ class OcdspyError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, details: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # Further lines of one error (one per invalid setting); each is printed on its own line.
+        self.details = details
 
     def __str__(self) -> str:
-        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+        text = "\n  ".join((self.message, *self.details))
+        return text if not self.hint else f"{text}\n  hint: {self.hint}"
 
 
 class ConfigError(OcdspyError):
