@@ -144,7 +144,7 @@ def _load(config: Path | None, overrides: dict[str, Any] | None = None) -> Any:
 
 def _warn_teacher(settings: Any) -> set[str]:
     """Say before any LM call that the optimizer needs a better teacher; returns what was said."""
-    from ocdspy.config import capable_teacher_warning
+    from ocdspy.optimizers import capable_teacher_warning
 
     w = capable_teacher_warning(settings)
     if w:
