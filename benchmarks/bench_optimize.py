@@ -53,7 +53,8 @@ def _settings(out: Path, *, mode: str, optimizer: str, train_split: float, seed:
 
 def quality(args: argparse.Namespace) -> dict[str, Any]:
     from ocdspy.evaluate import evaluate
-    from ocdspy.optimize import build_lms, optimize
+    from ocdspy.lm.runtime import build_lms
+    from ocdspy.optimize import optimize
 
     rows = []
     for name in args.optimizers:
@@ -119,7 +120,8 @@ def threads(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(REPO / "tests"))
     from ocdspy.config import ModelSettings
     from ocdspy.evaluate import evaluate
-    from ocdspy.optimize import build_lms, optimize
+    from ocdspy.lm.runtime import build_lms
+    from ocdspy.optimize import optimize
     from opencode_support.fake_openai import FakeOpenAI, Faults  # type: ignore[import-not-found]
 
     rows = []
@@ -162,7 +164,8 @@ def threads(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def warm(args: argparse.Namespace) -> dict[str, Any]:
-    from ocdspy.optimize import build_lms, optimize
+    from ocdspy.lm.runtime import build_lms
+    from ocdspy.optimize import optimize
 
     s = _settings(args.out, mode=args.mode, optimizer=args.optimizer, train_split=args.train_split)
     rows = []

@@ -305,8 +305,8 @@ def test_local_model_with_any_key_variable_works_and_warns(
 def test_local_teacher_with_an_optimizer_that_needs_a_capable_one_warns(
     tmp_path: Path, optimizer: str, warned: bool
 ) -> None:
-    from ocdspy.config import capable_teacher_warning
     from ocdspy.optimize import preflight
+    from ocdspy.optimizers import capable_teacher_warning
 
     env = {
         "OCDSPY_MODELS__TEACHER__PROVIDER": "local",

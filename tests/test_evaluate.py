@@ -15,7 +15,9 @@ from ocdspy.config import ModelSettings, Settings
 from ocdspy.convert import Example, ExampleAction
 from ocdspy.errors import DataError, ModelError
 from ocdspy.evaluate import bootstrap_ci, evaluate, render_markdown, resolve_program
-from ocdspy.optimize import LMs, optimize
+from ocdspy.lm import runtime
+from ocdspy.lm.runtime import LMs
+from ocdspy.optimize import optimize
 from ocdspy.split import write_split
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -191,14 +193,12 @@ def _write_config(tmp_path: Path, s: Settings) -> Path:
 def test_cli_optimize_then_evaluate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    import ocdspy.optimize
     from ocdspy.cli import app
 
     s = settings_for(tmp_path)
     cfg = _write_config(tmp_path, s)
     lm = schema_lm(SchemaEngine(chooser=demo_aware))
-    monkeypatch.setattr(ocdspy.optimize, "build_lms", lambda *a, **k: LMs(target=lm, teacher=lm))
-    monkeypatch.setattr("ocdspy.evaluate.build_lms", lambda *a, **k: LMs(target=lm, teacher=lm))
+    monkeypatch.setattr(runtime, "build_lms", lambda *a, **k: LMs(target=lm, teacher=lm))
     runner = CliRunner()
     r = runner.invoke(app, ["optimize", "--config", str(cfg), "--name", "cli"])
     assert r.exit_code == 0, r.output
@@ -245,13 +245,12 @@ def test_cli_dry_run_and_preflight_errors(tmp_path: Path) -> None:
 def test_cli_ctrl_c_exit_code_and_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    import ocdspy.optimize
     from ocdspy.cli import app
 
     s = settings_for(tmp_path)
     cfg = _write_config(tmp_path, s)
     lm = schema_lm(SchemaEngine(interrupt_after=1))
-    monkeypatch.setattr(ocdspy.optimize, "build_lms", lambda *a, **k: LMs(target=lm, teacher=lm))
+    monkeypatch.setattr(runtime, "build_lms", lambda *a, **k: LMs(target=lm, teacher=lm))
     (tmp_path / "cfg2.yaml").write_text(
         cfg.read_text().replace("max_bootstrapped_demos: 0", "max_bootstrapped_demos: 2")
     )
@@ -269,7 +268,7 @@ def test_end_to_end_with_the_local_model(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
     from ocdspy.config import load_settings
     from ocdspy.convert import convert, load_examples
-    from ocdspy.optimize import build_lms
+    from ocdspy.lm.runtime import build_lms
 
     repo = Path(__file__).resolve().parents[1]
     # Converted here: a fresh checkout has no examples/data/processed (it is a build output).

@@ -480,3 +480,71 @@ def test_importing_the_package_does_not_import_dspy() -> None:
     code = "import sys, ocdspy.lm; print('dspy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed usage per role, and the sum over stages
+
+
+def _history_entry(prompt: int, completion: int, cost: float | None = None) -> dict:
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion} if prompt else {}
+    return {"usage": usage, "cost": cost, "model": "m"}
+
+
+def test_usage_meter_counts_only_calls_after_it_started() -> None:
+    from types import SimpleNamespace
+
+    from ocdspy.lm.usage import UsageMeter
+
+    target = SimpleNamespace(model="local/t", history=[_history_entry(5, 1)])
+    teacher = SimpleNamespace(model="openai/big", history=[])
+    meter = UsageMeter({"target": target, "teacher": teacher, "again": target})
+    target.history += [_history_entry(10, 2), _history_entry(0, 0)]  # the second: a cache hit
+    teacher.history += [_history_entry(7, 3, cost=0.25), _history_entry(1, 1, cost=0.5)]
+    used_target, used_teacher = meter.usage()  # an LM named twice counts once
+    assert used_target.model_dump() == {
+        "role": "target",
+        "model": "local/t",
+        "calls": 2,
+        "cached": 1,
+        "input_tokens": 10,
+        "output_tokens": 2,
+        "cost": None,  # no price known, not 0
+    }
+    assert used_target.new_calls == 1
+    assert (used_teacher.role, used_teacher.calls, used_teacher.cost) == ("teacher", 2, 0.75)
+
+
+def test_total_usage_sums_every_role_of_every_stage() -> None:
+    from ocdspy.lm.usage import ModelUsage, UsageTotals, total_usage
+
+    free = ModelUsage(role="target", model="local/t", calls=4, cached=1)
+    priced = ModelUsage(role="teacher", model="openai/big", calls=2, cost=0.5)
+    assert total_usage([free, priced, free]) == UsageTotals(calls=10, new_calls=8, cost=0.5)
+    assert total_usage([free]).cost is None
+    assert total_usage([]) == UsageTotals(calls=0, new_calls=0, cost=None)
+
+
+def test_quiet_keeps_optimizer_chatter_off_stdout_and_stderr(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+
+    from ocdspy.lm.runtime import NOISY_LOGGERS, quiet
+
+    levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    with quiet():
+        # What BootstrapFewShot prints, and what a teleprompter logs at INFO.
+        print("Bootstrapped 0 full traces after 3 examples")
+        logging.getLogger("dspy.teleprompt.bootstrap").info("Starting batch 1 of 8.")
+        import tqdm
+
+        for _ in tqdm.tqdm(range(3), desc="bar-drawn"):
+            pass
+    out, err = capfd.readouterr()
+    assert "Bootstrapped" not in out + err
+    assert "Starting batch" not in out + err
+    assert "bar-drawn" not in err
+    assert {name: logging.getLogger(name).level for name in NOISY_LOGGERS} == levels
+    print("after")
+    assert capfd.readouterr().out == "after\n"

@@ -226,3 +226,31 @@ def test_load_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         load_metric("no_such_module_xyz:f")
     with pytest.raises(ConfigError, match=r"package\.module:function"):
         load_metric("mymetrics.exact")
+
+
+def test_resolve_metric_ours_or_the_custom_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ocdspy.config import Settings
+    from ocdspy.metric import resolve_metric
+
+    s = Settings()
+    s.optimization.metric_weights = MetricWeights(success=1.0, efficiency=0.0, correctness=0.0)
+    ours = resolve_metric(s)
+    assert isinstance(ours.metric, AgentMetric) and ours.gepa == ours.metric.feedback
+    assert ours.description == (
+        "ocdspy agent metric (success 1.0, efficiency 0.0, correctness 0.0)"
+    )
+    gold = {"tool": "read", "target": "a.py"}
+    assert ours.metric(gold, {"tool": "read", "target": "a.py"}) == 1.0
+
+    (tmp_path / "custom_metric_mod.py").write_text(
+        "def half(example, prediction, trace=None):\n    return 0.5\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "custom_metric_mod", raising=False)
+    s.optimization.metric = "custom_metric_mod:half"
+    metric, gepa, description = resolve_metric(s)
+    assert description == "custom_metric_mod:half"
+    assert metric(gold, gold) == 0.5
+    assert gepa(gold, gold, None, "step", None) == 0.5  # GEPA's five-argument form

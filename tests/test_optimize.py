@@ -12,8 +12,8 @@ from ocdspy.artifacts import file_sha256
 from ocdspy.config import ModelSettings, Settings
 from ocdspy.convert import Example, ExampleAction
 from ocdspy.errors import ConfigError, DataError
+from ocdspy.lm.runtime import LMs
 from ocdspy.optimize import (
-    LMs,
     OptimizationInterrupted,
     TrialTracker,
     load_record,
@@ -310,3 +310,72 @@ def test_every_optimizer_runs_end_to_end(tmp_path: Path, optimizer: str) -> None
     assert res.program_path is not None and res.program_path.is_file()
     assert rec.trials, "every optimizer here scores at least one candidate"
     assert rec.lm_usage[0].calls >= engine.calls > 0
+    scored = sum(t.scored for t in rec.trials)
+    if optimizer != "GEPA":  # GEPA checks its budget between iterations: it may overrun one
+        assert scored <= rec.plan.metric_calls, "the plan is an upper bound of scored predictions"
+
+
+def test_every_configurable_optimizer_has_one_table_entry() -> None:
+    from typing import get_args
+
+    from ocdspy.config import OptimizerName
+    from ocdspy.optimizers import OPTIMIZERS, optimizer_spec
+
+    assert set(OPTIMIZERS) == set(get_args(OptimizerName))
+    assert all(name == spec.name for name, spec in OPTIMIZERS.items())
+    with pytest.raises(ConfigError, match="unknown optimizer 'Nope'"):
+        optimizer_spec("Nope")
+
+
+def test_simba_entry_checks_its_batch_and_estimates_its_calls(tmp_path: Path) -> None:
+    from ocdspy.optimizers import OPTIMIZERS, SIMBA_CANDIDATES, SIMBA_STEPS
+
+    spec = OPTIMIZERS["SIMBA"]
+    assert not spec.needs_selection_set and spec.teacher_use == "prompt_model"
+    s = make_settings(tmp_path, optimizer="SIMBA")
+    with pytest.raises(DataError, match="at least 8 training examples; it has 7"):
+        preflight(s, n_fit=7, n_sel=0)
+    # DSPy's SIMBA asserts trainset >= bsize: a small training set becomes the batch.
+    assert preflight(s, n_fit=12, n_sel=0) == [
+        "SIMBA: batch size lowered from 32 to the 12 training examples"
+    ]
+    assert preflight(s, n_fit=32, n_sel=0) == []
+    # Per step: every candidate LM samples the batch, then up to candidates + 1 new programs
+    # are scored on it; at the end up to candidates + 1 winners on the whole training set.
+    for n_fit, batch in ((12, 12), (100, 32)):
+        plan = plan_run(s, n_fit=n_fit, n_sel=0)
+        per_step = batch * (2 * SIMBA_CANDIDATES + 1)
+        assert plan.metric_calls == SIMBA_STEPS * per_step + (SIMBA_CANDIDATES + 1) * n_fit
+        assert plan.selection_examples == 0
+        assert not any("selection set" in note for note in plan.notes)
+    assert plan_run(s, n_fit=100, n_sel=0).metric_calls == 8 * 32 * 13 + 7 * 100
+
+
+def test_each_optimizer_gets_the_teacher_where_its_entry_says(tmp_path: Path) -> None:
+    from ocdspy.optimize import build_optimizer
+    from ocdspy.optimizers import OPTIMIZERS
+
+    target, teacher = schema_lm(SchemaEngine()), schema_lm(SchemaEngine())
+    lms = LMs(target=target, teacher=teacher)
+    for name, spec in OPTIMIZERS.items():
+        s = make_settings(tmp_path, optimizer=name, auto_mode=None)
+        optimizer, _ = build_optimizer(s, lambda *a: 1.0, lms, n_fit=40, n_sel=40)
+        given = getattr(optimizer, spec.teacher_use)
+        if spec.teacher_use == "teacher_settings":
+            assert given == {"lm": teacher}, name
+        else:
+            assert given is teacher, name
+    shared = LMs(target=target, teacher=target)
+    s = make_settings(tmp_path, optimizer="BootstrapFewShot")
+    optimizer, _ = build_optimizer(s, lambda *a: 1.0, shared, n_fit=4, n_sel=0)
+    assert optimizer.teacher_settings == {}  # the student's own LM
+
+
+def test_optimizer_chatter_stays_out_of_the_terminal(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    s = make_settings(tmp_path, optimizer="BootstrapFewShot", max_bootstrapped_demos=1)
+    optimize(s, lms=fake_lms(SchemaEngine()), name="quiet")
+    out, err = capfd.readouterr()
+    assert "Bootstrapped" not in out + err  # BootstrapFewShot print()s it
+    assert out == ""

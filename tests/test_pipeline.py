@@ -11,7 +11,7 @@ import pytest
 from conftest import EXAMPLES
 from lm_fakes import SchemaEngine, schema_lm
 from ocdspy.config import load_settings
-from ocdspy.optimize import LMs
+from ocdspy.lm.runtime import LMs
 from ocdspy.pipeline import run_pipeline
 
 

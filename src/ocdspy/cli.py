@@ -213,7 +213,7 @@ def _settings(config: Path | None, overrides: dict[str, Any] | None = None) -> S
 
 def _warn_teacher(settings: Settings) -> set[str]:
     """Say before any LM call that the optimizer needs a better teacher; returns what was said."""
-    from ocdspy.config import capable_teacher_warning
+    from ocdspy.optimizers import capable_teacher_warning
 
     warning = capable_teacher_warning(settings)
     if warning:

@@ -63,8 +63,6 @@ PROVIDER_DEFAULTS: dict[str, dict[str, str | None]] = {
     "openai_compatible": {"model": "", "api_key_env": None, "api_base": None},
     "local": {"model": "smollm2-135m", "api_key_env": None, "api_base": None},
 }
-# Optimizers whose result depends on the teacher writing instructions or reflecting.
-NEEDS_CAPABLE_TEACHER = frozenset({"MIPROv2", "COPRO", "GEPA"})
 
 
 class _Unset:
@@ -712,18 +710,6 @@ def _unused_model_settings(settings: Settings, sources: dict[str, str]) -> list[
                 "provider local runs model_path or the built-in model"
             )
     return out
-
-
-def capable_teacher_warning(settings: Settings) -> str | None:
-    """A warning when the optimizer leans on the teacher and the teacher is the local model."""
-    name = settings.optimization.optimizer
-    if name not in NEEDS_CAPABLE_TEACHER or settings.models.teacher.provider != "local":
-        return None
-    return (
-        f"{name} writes instructions with the teacher model, and the teacher is a local model "
-        "(models.teacher.provider: local), too small to write useful ones: expect little or no "
-        "gain; set models.teacher to a capable model, or use --optimizer BootstrapFewShot"
-    )
 
 
 # ---------------------------------------------------------------------------------------------

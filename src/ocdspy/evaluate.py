@@ -26,22 +26,14 @@ from ocdspy.artifacts import Staged, file_sha256, remove_stale_temps
 from ocdspy.config import ModelSettings, Settings
 from ocdspy.display import printable
 from ocdspy.errors import DataError, ModelError
+from ocdspy.lm import runtime
 from ocdspy.lm.providers import mask_keys
+from ocdspy.lm.runtime import LMs
+from ocdspy.lm.usage import ModelUsage, UsageMeter
 from ocdspy.lock import outputs_lock_dir, project_lock
-from ocdspy.metric import COMPONENTS, as_calls, score_prediction
-from ocdspy.optimize import (
-    PARTIAL,
-    RUN_SUFFIX,
-    LMs,
-    ModelUsage,
-    RunRecord,
-    build_lms,
-    load_record,
-    load_splits,
-    quiet,
-    resolve_metric,
-    usage_since,
-)
+from ocdspy.metric import COMPONENTS, as_calls, resolve_metric, score_prediction
+from ocdspy.optimize import PARTIAL, RUN_SUFFIX, RunRecord, load_record
+from ocdspy.split import load_splits
 
 WORSE_SHOWN = 10
 
@@ -428,13 +420,13 @@ def _evaluate(
         )
     metric, _, metric_desc = resolve_metric(settings)
     if lms is None:
-        lms = build_lms(settings, needs_teacher=False)
-    start = len(getattr(lms.target, "history", []) or [])
+        lms = runtime.build_lms(settings, needs_teacher=False)
+    meter = UsageMeter({"target": lms.target})
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
     runs: dict[str, list[tuple[Any, Any, float]]] = {}
     with (
-        quiet(),
+        runtime.quiet(),
         dspy.context(lm=lms.target, adapter=dspy.JSONAdapter(), max_history_size=1_000_000),
     ):
         for side, prog in (("baseline", baseline), ("optimized", optimized)):
@@ -526,7 +518,7 @@ def _evaluate(
         unchanged=sum(d == 0 for d in deltas),
         worse_examples=worse[:WORSE_SHOWN],
         results=results,
-        lm_usage=[usage_since(lms.target, start, "target")],
+        lm_usage=meter.usage(),
         started=started.isoformat(),
         duration_s=round(duration, 3),
     )

@@ -26,11 +26,11 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
-from ocdspy.config import MetricWeights
+from ocdspy.config import MetricWeights, Settings
 from ocdspy.errors import ConfigError
 from ocdspy.program.render import FINISH, words
 
@@ -220,8 +220,8 @@ def align(gold: Sequence[Call], pred: Sequence[Call]) -> tuple[float, list[tuple
     pairs: list[tuple[int, int]] = []
     i = j = 0
     while i < n and j < m:
-        s = _pair_score(gold[i], pred[j])
-        if s > 0 and abs(dp[i][j] - (s + dp[i + 1][j + 1])) < 1e-12:
+        pair = _pair_score(gold[i], pred[j])
+        if pair > 0 and abs(dp[i][j] - (pair + dp[i + 1][j + 1])) < 1e-12:
             pairs.append((i, j))
             i, j = i + 1, j + 1
         elif dp[i + 1][j] >= dp[i][j + 1]:
@@ -475,3 +475,27 @@ def load_metric(spec: str) -> Callable[..., Any]:
     except ValueError:
         pass  # builtins without a signature: trust them
     return fn
+
+
+class ConfiguredMetric(NamedTuple):
+    """The metric the config names, as the optimizers and evaluate call it."""
+
+    metric: Callable[..., Any]
+    gepa: Callable[..., Any]  # GEPA's five-argument form, with feedback when ours
+    description: str
+
+
+def resolve_metric(settings: Settings) -> ConfiguredMetric:
+    """Ours, weighted by `optimization.metric_weights`, or the custom `optimization.metric`."""
+    spec = settings.optimization.metric
+    if spec:
+        custom = load_metric(spec)
+        return ConfiguredMetric(custom, gepa_metric(custom), spec)
+    weights = settings.optimization.metric_weights
+    ours = AgentMetric(weights)
+    return ConfiguredMetric(
+        ours,
+        ours.feedback,
+        f"ocdspy agent metric (success {weights.success}, efficiency "
+        f"{weights.efficiency}, correctness {weights.correctness})",
+    )

@@ -11,17 +11,14 @@ candidate program it tried, and the best program so far when the user presses Ct
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import functools
 import hashlib
-import inspect
 import json
-import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,50 +26,28 @@ from pydantic import BaseModel, Field
 
 from ocdspy import __version__
 from ocdspy.artifacts import Staged, file_sha256, remove_stale_temps
-from ocdspy.config import ModelSettings, Settings, capable_teacher_warning
+from ocdspy.config import ModelSettings, OptimizationSettings, Settings
 from ocdspy.convert import Example
-from ocdspy.errors import ConfigError, DataError, ModelError
+from ocdspy.errors import DataError, ModelError
+from ocdspy.lm import runtime
 from ocdspy.lm.providers import mask_keys
+from ocdspy.lm.runtime import LMs
+from ocdspy.lm.usage import ModelUsage
 from ocdspy.lock import outputs_lock_dir, project_lock
-from ocdspy.split import load_split
+from ocdspy.metric import resolve_metric
+from ocdspy.optimizers import BuildContext, capable_teacher_warning, optimizer_spec
+from ocdspy.split import DataRef, Splits, load_splits
 
 RUN_SUFFIX = ".run.json"
 # An interrupted or failed run's best candidate and record: NAME.partial.json and
 # NAME.partial.run.json, beside the last completed NAME.json / NAME.run.json, never over them.
 PARTIAL = ".partial"
-# Roles: the target model plays the agent; the teacher proposes instructions, reflects (GEPA)
-# and bootstraps demos.
-TEACHER_USE: dict[str, str] = {
-    "MIPROv2": "prompt_model",
-    "COPRO": "prompt_model",
-    "GEPA": "reflection_lm",
-    "SIMBA": "prompt_model",
-    "BootstrapFewShot": "teacher_settings",
-    "BootstrapFewShotWithRandomSearch": "teacher_settings",
-}
-NEEDS_SELECTION_SET = frozenset({"MIPROv2", "GEPA", "BootstrapFewShotWithRandomSearch"})
-MIPRO_AUTO = {"light": (6, 100), "medium": (12, 300), "heavy": (18, 1000)}
-GEPA_AUTO = {"light": (4, 380), "medium": (5, 690), "heavy": (7, 1035)}
-MIPRO_MINIBATCH = 35
-SIMBA_BSIZE = 32
-GEPA_MIN_PROPOSALS = 3
-SIMBA_MIN_TRAIN = 8
-COPRO_BREADTH = 4
-COPRO_DEPTH = 2
-RANDOM_SEARCH_MAX_CANDIDATES = 8
 # Rough size of what the model writes back, per mode, for cost estimates.
 OUTPUT_TOKENS = {"plan": 160, "next_action": 50}
 
 
 # ---------------------------------------------------------------------------------------------
 # Result models
-
-
-class DataRef(BaseModel):
-    path: str
-    sha256: str
-    examples: int = Field(description="Turns (recorded examples) in the file.")
-    program_examples: int = Field(0, description="DSPy examples made from them for this mode.")
 
 
 class TrialScore(BaseModel):
@@ -82,20 +57,6 @@ class TrialScore(BaseModel):
     score: float = Field(description="Mean metric over the predictions scored, 0-100.")
     scored: int = Field(description="Predictions scored for this candidate.")
     best_so_far: bool = False
-
-
-class ModelUsage(BaseModel):
-    role: str
-    model: str
-    calls: int = Field(0, description="LM requests made, cached ones included.")
-    cached: int = Field(0, description="Requests answered from the cache (no new call).")
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost: float | None = Field(None, description="USD as the provider priced it; None if unknown.")
-
-    @property
-    def new_calls(self) -> int:
-        return self.calls - self.cached
 
 
 class PlannedCalls(BaseModel):
@@ -120,11 +81,14 @@ class OptimizationPlan(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+RunStatus = Literal["completed", "interrupted", "failed"]
+
+
 class RunRecord(BaseModel):
     producer: str = f"ocdspy {__version__}"
     stage: str = "optimize"
     name: str
-    status: Literal["completed", "interrupted", "failed"]
+    status: RunStatus
     optimizer: str
     program: str
     tools: list[str]
@@ -169,34 +133,6 @@ class ProgressEvent(BaseModel):
 # Data
 
 
-class Splits(BaseModel):
-    train: list[Example]
-    val: list[Example]
-    refs: dict[str, DataRef]
-
-
-def load_splits(splits_dir: Path) -> Splits:
-    """The split, checked by `ocdspy.split.load_split` (hashes, no shared session)."""
-    loaded = load_split(splits_dir)
-    train, val = loaded.train, loaded.val
-    if not train:
-        raise DataError(
-            f"{loaded.train_path}: no training examples",
-            hint="raise data.train_split or add sessions, then re-run `ocdspy split`",
-        )
-    if not val:
-        raise DataError(
-            f"{loaded.val_path}: no validation examples",
-            hint="lower data.train_split or add sessions, then re-run `ocdspy split`",
-        )
-    m = loaded.manifest
-    refs = {
-        "train": DataRef(path=str(loaded.train_path), sha256=m.train.sha256, examples=len(train)),
-        "val": DataRef(path=str(loaded.val_path), sha256=m.val.sha256, examples=len(val)),
-    }
-    return Splits(train=train, val=val, refs=refs)
-
-
 def selection_split(
     train: list[Example], fraction: float = 0.5
 ) -> tuple[list[Example], list[Example]]:
@@ -233,145 +169,22 @@ def preflight(settings: Settings, *, n_fit: int, n_sel: int) -> list[str]:
 
     Returns warnings for things that work but are probably not what the user wants.
     """
-    o = settings.optimization
-    name = o.optimizer
-    warnings: list[str] = []
+    options = settings.optimization
     if n_fit < 1:
         raise DataError(
             "no training examples for the optimizer",
             hint="raise data.train_split, then re-run `ocdspy split`",
         )
-    if name == "MIPROv2":
-        if o.auto_mode is None and n_sel < MIPRO_MINIBATCH and o.num_trials > 0:
-            # We turn minibatching off below 35; say so rather than let MIPROv2 raise.
-            warnings.append(
-                f"MIPROv2: the selection set has {n_sel} examples (< {MIPRO_MINIBATCH}), so every "
-                "trial scores all of them (no minibatches)"
-            )
-        if n_fit + n_sel < 4:
-            raise DataError(
-                f"MIPROv2 needs at least 4 training examples to bootstrap demos and select among "
-                f"candidates; the training split has {n_fit + n_sel if n_sel != n_fit else n_fit}",
-                hint="use --optimizer BootstrapFewShot, or raise data.train_split",
-            )
-        try:
-            import optuna  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "MIPROv2 needs optuna, which is not installed",
-                hint="pip install 'ocdspy[optimize]' (dspy[optuna])",
-            ) from None
-    elif name == "SIMBA":
-        if n_fit < SIMBA_MIN_TRAIN:
-            raise DataError(
-                f"SIMBA samples mini-batches of the training set and needs at least "
-                f"{SIMBA_MIN_TRAIN} training examples; it has {n_fit}",
-                hint="raise data.train_split, add sessions, or use --optimizer BootstrapFewShot",
-            )
-        if n_fit < SIMBA_BSIZE:
-            warnings.append(
-                f"SIMBA: batch size lowered from {SIMBA_BSIZE} to the {n_fit} training examples"
-            )
-    elif name == "GEPA":
-        _, budget = _gepa_budget(settings, n_fit, n_sel)
-        # GEPA first scores the selection set once; each proposal then costs about two
-        # reflection minibatches (3 + 3 predictions).
-        proposals = (budget - n_sel) // 6
-        if proposals < GEPA_MIN_PROPOSALS:
-            need = math.ceil((n_sel + 6 * GEPA_MIN_PROPOSALS) / max(1, n_fit + n_sel))
-            raise ConfigError(
-                f"GEPA's budget of {budget} metric calls leaves room for {max(0, proposals)} "
-                f"instruction proposals after scoring the {n_sel}-example selection set once",
-                hint=f"use --auto light, or --trials {need} or more (full evaluations)",
-            )
-    elif name == "COPRO":
-        if n_fit < 2:
-            raise DataError(
-                "COPRO scores instructions on the training set and needs at least 2 "
-                "training examples",
-                hint="raise data.train_split",
-            )
-    elif (
-        name in ("BootstrapFewShot", "BootstrapFewShotWithRandomSearch")
-        and o.max_bootstrapped_demos == 0
-        and o.max_labeled_demos == 0
-    ):
-        raise ConfigError(
-            f"{name} with max_bootstrapped_demos=0 and max_labeled_demos=0 changes nothing",
-            hint="set optimization.max_bootstrapped_demos or max_labeled_demos above 0",
-        )
+    warnings = optimizer_spec(options.optimizer).check(options, n_fit, n_sel)
     teacher = capable_teacher_warning(settings)
     if teacher:
         warnings.append(teacher)
-    if o.num_threads > 1 and settings.models.target.provider == "local":
+    if options.num_threads > 1 and settings.models.target.provider == "local":
         warnings.append(
             "num_threads > 1 with the local model: calls share one in-process model "
             "and run one at a time"
         )
     return warnings
-
-
-def _gepa_budget(settings: Settings, n_fit: int, n_sel: int) -> tuple[int | None, int]:
-    o = settings.optimization
-    if o.auto_mode is not None:
-        per, base = GEPA_AUTO[o.auto_mode]
-        return None, per * n_sel + base
-    return o.num_trials, o.num_trials * (n_fit + n_sel)
-
-
-def _mipro_numbers(settings: Settings, n_fit: int, n_sel: int) -> dict[str, int]:
-    o = settings.optimization
-    zeroshot = o.max_bootstrapped_demos == 0 and o.max_labeled_demos == 0
-    num_vars = 1 if zeroshot else 2
-    if o.auto_mode is not None:
-        n, cap = MIPRO_AUTO[o.auto_mode]
-        val = min(n_sel, cap)
-        trials = int(max(2 * num_vars * math.log2(n), 1.5 * n))
-        minibatch = val > 50
-        instr = n if zeroshot else int(n * 0.5)
-    else:
-        n, val, trials = 6, n_sel, o.num_trials
-        minibatch = val > MIPRO_MINIBATCH
-        instr = n
-    return {
-        "candidates": n,
-        "instructions": instr,
-        "val": val,
-        "trials": trials,
-        "minibatch": int(minibatch),
-    }
-
-
-def _estimate_metric_calls(settings: Settings, n_fit: int, n_sel: int) -> dict[str, int]:
-    """Upper bounds of (target calls, teacher calls, scored predictions), one predictor."""
-    o = settings.optimization
-    name = o.optimizer
-    if name == "BootstrapFewShot":
-        return {"target": 0, "teacher": n_fit, "metric": 0}
-    if name == "BootstrapFewShotWithRandomSearch":
-        c = min(o.num_trials, RANDOM_SEARCH_MAX_CANDIDATES)
-        return {"target": (c + 3) * n_sel, "teacher": c * n_fit, "metric": (c + 3) * n_sel}
-    if name == "MIPROv2":
-        m = _mipro_numbers(settings, n_fit, n_sel)
-        if m["minibatch"]:
-            evals = m["trials"] * MIPRO_MINIBATCH + (m["trials"] // 5 + 2) * m["val"]
-        else:
-            evals = (m["trials"] + 1) * m["val"]
-        bootstrap = max(0, m["candidates"] - 3) * n_fit
-        prompt = m["instructions"] + math.ceil(n_fit / 10) + 3
-        return {"target": evals + bootstrap, "teacher": prompt, "metric": evals}
-    if name == "COPRO":
-        evals = COPRO_BREADTH * COPRO_DEPTH * n_fit
-        return {"target": evals, "teacher": COPRO_BREADTH * COPRO_DEPTH, "metric": evals}
-    if name == "GEPA":
-        _, budget = _gepa_budget(settings, n_fit, n_sel)
-        return {"target": budget, "teacher": max(1, budget // 7), "metric": budget}
-    if name == "SIMBA":
-        bsize = min(SIMBA_BSIZE, n_fit)
-        steps = 8
-        evals = steps * bsize * (4 + 1)
-        return {"target": evals, "teacher": steps * 4, "metric": evals}
-    raise ConfigError(f"unknown optimizer {name!r}")
 
 
 def _price(model: ModelSettings) -> tuple[float, float] | None:
@@ -402,49 +215,53 @@ def _prompt_tokens(sample: Any | None, demos: int) -> int:
     return int((600 + chars * (1 + demos) + labels * demos) / 4)
 
 
+def _planned_calls(
+    role: str, model: ModelSettings, calls: int, input_tokens: int, output_tokens: int
+) -> PlannedCalls:
+    price = _price(model)
+    cost = None if price is None else calls * (input_tokens * price[0] + output_tokens * price[1])
+    return PlannedCalls(
+        role=role,
+        model=f"{model.provider}/{model.model}",
+        calls=calls,
+        input_tokens=calls * input_tokens,
+        output_tokens=calls * output_tokens,
+        cost=cost,
+    )
+
+
 def plan_run(
     settings: Settings, *, n_fit: int, n_sel: int, sample: Any | None = None, demos_shown: int = 3
 ) -> OptimizationPlan:
-    o = settings.optimization
-    est = _estimate_metric_calls(settings, n_fit, n_sel)
-    demos = min(demos_shown or 99, o.max_bootstrapped_demos + o.max_labeled_demos)
-    in_tok = _prompt_tokens(sample, demos)
-    out_tok = OUTPUT_TOKENS.get(o.program, 100)
-    calls: list[PlannedCalls] = []
-    total: float | None = 0.0
-    for role, model, n, tin, tout in (
-        ("target", settings.models.target, est["target"], in_tok, out_tok),
-        ("teacher", settings.models.teacher, est["teacher"], in_tok * 2, 300),
-    ):
-        if n == 0:
-            continue
-        price = _price(model)
-        cost = None if price is None else n * (tin * price[0] + tout * price[1])
-        total = None if cost is None or total is None else total + cost
-        calls.append(
-            PlannedCalls(
-                role=role,
-                model=f"{model.provider}/{model.model}",
-                calls=n,
-                input_tokens=n * tin,
-                output_tokens=n * tout,
-                cost=cost,
-            )
+    options = settings.optimization
+    spec = optimizer_spec(options.optimizer)
+    estimate = spec.estimate(options, n_fit, n_sel)
+    demos = min(demos_shown or 99, options.max_bootstrapped_demos + options.max_labeled_demos)
+    prompt_tokens = _prompt_tokens(sample, demos)
+    answer_tokens = OUTPUT_TOKENS.get(options.program, 100)
+    calls = [
+        _planned_calls(role, model, n, input_tokens, output_tokens)
+        for role, model, n, input_tokens, output_tokens in (
+            ("target", settings.models.target, estimate.target, prompt_tokens, answer_tokens),
+            ("teacher", settings.models.teacher, estimate.teacher, prompt_tokens * 2, 300),
         )
+        if n > 0
+    ]
+    costs = [c.cost for c in calls]
     notes = ["upper bounds: cached calls cost nothing, and optimizers stop early when they can"]
-    if o.optimizer in NEEDS_SELECTION_SET:
+    if spec.needs_selection_set:
         notes.append(
             f"selection set: {n_sel} examples carved from the training split "
             "(the validation split stays held out for `ocdspy evaluate`)"
         )
     return OptimizationPlan(
-        optimizer=o.optimizer,
-        program=o.program,
+        optimizer=options.optimizer,
+        program=options.program,
         train_examples=n_fit,
         selection_examples=n_sel,
-        metric_calls=est["metric"],
+        metric_calls=estimate.metric,
         calls=calls,
-        total_cost=total,
+        total_cost=None if None in costs else sum((c for c in costs if c is not None), 0.0),
         notes=notes,
     )
 
@@ -522,8 +339,8 @@ class TrialTracker:
         return max(full, key=lambda k: sum(full[k]) / len(full[k]))
 
     def _best_score(self) -> float | None:
-        k = self._best_key()
-        return None if k is None else 100 * sum(self._scores[k]) / len(self._scores[k])
+        key = self._best_key()
+        return None if key is None else 100 * sum(self._scores[key]) / len(self._scores[key])
 
     def trials(self) -> list[TrialScore]:
         best = self._best_key()
@@ -539,77 +356,12 @@ class TrialTracker:
         ]
 
     def best_state(self) -> Any | None:
-        k = self._best_key()
-        return None if k is None else self._states[k]
-
-
-# ---------------------------------------------------------------------------------------------
-# Language models
-
-
-class LMs(BaseModel):
-    """The two roles; the same object when teacher and target are the same model."""
-
-    model_config = {"arbitrary_types_allowed": True}
-    target: Any
-    teacher: Any
-
-
-def build_lms(settings: Settings, *, needs_teacher: bool = True) -> LMs:
-    """Check then build the target and teacher LMs (ocdspy.lm), with the project's cache."""
-    try:
-        from ocdspy.lm import build_lm, check_lm_settings, configure_cache
-    except ImportError as e:  # pragma: no cover - only before the LM layer is installed
-        raise ModelError(
-            f"the language-model layer is not available: {e}", hint="pip install 'ocdspy[optimize]'"
-        ) from e
-    target_s, teacher_s = settings.models.target, settings.models.teacher
-    check_lm_settings(target_s, "target")
-    if needs_teacher:
-        check_lm_settings(teacher_s, "teacher")
-    configure_cache(settings.outputs.cache_dir)
-    target = build_lm(target_s, role="target")
-    if not needs_teacher or teacher_s == target_s:
-        return LMs(target=target, teacher=target)
-    return LMs(target=target, teacher=build_lm(teacher_s, role="teacher"))
-
-
-def _history_len(lm: Any) -> int:
-    return len(getattr(lm, "history", []) or [])
-
-
-class _HistorySlice:
-    def __init__(self, lm: Any, start: int) -> None:
-        self.model = getattr(lm, "model", "?")
-        self.history = (getattr(lm, "history", []) or [])[start:]
-
-
-def usage_since(lm: Any, start: int, role: str) -> ModelUsage:
-    """LM calls, cache hits, tokens and cost recorded in `lm.history` after index `start`."""
-    from ocdspy.lm import lm_usage_summary
-
-    u = ModelUsage(role=role, model=str(getattr(lm, "model", "?")))
-    costs = []
-    for row in lm_usage_summary([_HistorySlice(lm, start)]).values():
-        u.calls += row["calls"]
-        u.cached += row["cache_hits"]
-        u.input_tokens += row["input_tokens"]
-        u.output_tokens += row["output_tokens"]
-        if row["cost"] is not None:
-            costs.append(row["cost"])
-    u.cost = sum(costs) if costs else None
-    return u
+        key = self._best_key()
+        return None if key is None else self._states[key]
 
 
 # ---------------------------------------------------------------------------------------------
 # Optimizers
-
-
-def _accepted(fn: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in params}
 
 
 def build_optimizer(
@@ -623,104 +375,19 @@ def build_optimizer(
     gepa_metric: Callable[..., Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """(optimizer, compile kwargs other than student/trainset/valset) for the configured name."""
-    import dspy
-
-    o = settings.optimization
-    name = o.optimizer
-    common = {"num_threads": o.num_threads, "max_errors": o.max_errors}
-    teacher_settings = {"lm": lms.teacher} if lms.teacher is not lms.target else {}
-    if name == "BootstrapFewShot":
-        opt = dspy.BootstrapFewShot(
-            metric=metric,
-            teacher_settings=teacher_settings,
-            max_bootstrapped_demos=o.max_bootstrapped_demos,
-            max_labeled_demos=o.max_labeled_demos,
-            max_errors=o.max_errors,
-        )
-        return opt, {}
-    if name == "BootstrapFewShotWithRandomSearch":
-        opt = dspy.BootstrapFewShotWithRandomSearch(
-            metric=metric,
-            teacher_settings=teacher_settings,
-            max_bootstrapped_demos=o.max_bootstrapped_demos,
-            max_labeled_demos=o.max_labeled_demos,
-            num_candidate_programs=min(o.num_trials, RANDOM_SEARCH_MAX_CANDIDATES),
-            **common,
-        )
-        return opt, {}
-    if name == "MIPROv2":
-        kwargs: dict[str, Any] = dict(
-            metric=metric,
-            prompt_model=lms.teacher,
-            task_model=lms.target,
-            max_bootstrapped_demos=o.max_bootstrapped_demos,
-            max_labeled_demos=o.max_labeled_demos,
-            auto=o.auto_mode,
-            seed=o.seed,
-            verbose=False,
-            **common,
-        )
-        compile_kwargs: dict[str, Any] = {}
-        if o.auto_mode is None:
-            kwargs["num_candidates"] = 6
-            compile_kwargs = {
-                "num_trials": o.num_trials,
-                "minibatch": n_sel > MIPRO_MINIBATCH,
-                "minibatch_size": min(MIPRO_MINIBATCH, n_sel),
-            }
-        if log_dir is not None:
-            kwargs["log_dir"] = str(log_dir)
-        return dspy.MIPROv2(**_accepted(dspy.MIPROv2.__init__, kwargs)), compile_kwargs
-    if name == "COPRO":
-        opt = dspy.COPRO(
-            prompt_model=lms.teacher, metric=metric, breadth=COPRO_BREADTH, depth=COPRO_DEPTH
-        )
-        return opt, {"eval_kwargs": {"num_threads": o.num_threads, "display_progress": False}}
-    if name == "GEPA":
-        full_evals, _budget = _gepa_budget(settings, n_fit, n_sel)
-        budget_kw: dict[str, Any] = (
-            {"auto": o.auto_mode} if o.auto_mode is not None else {"max_full_evals": full_evals}
-        )
-        kwargs = dict(
-            metric=gepa_metric or metric,
-            reflection_lm=lms.teacher,
-            num_threads=o.num_threads,
-            seed=o.seed,
-            track_stats=False,
-            log_dir=str(log_dir) if log_dir is not None else None,
-            **budget_kw,
-        )
-        return dspy.GEPA(**_accepted(dspy.GEPA.__init__, kwargs)), {}
-    if name == "SIMBA":
-        opt = dspy.SIMBA(
-            metric=metric,
-            bsize=min(SIMBA_BSIZE, n_fit),
-            max_demos=o.max_bootstrapped_demos + o.max_labeled_demos,
-            prompt_model=lms.teacher,
-            num_threads=o.num_threads,
-        )
-        return opt, {"seed": o.seed}
-    raise ConfigError(f"unknown optimizer {name!r}")
-
-
-def resolve_metric(settings: Settings) -> tuple[Callable[..., Any], Callable[..., Any], str]:
-    """(metric, GEPA metric, description) from the config: ours, or a custom one."""
-    from ocdspy.metric import AgentMetric, gepa_metric, load_metric
-
-    spec = settings.optimization.metric
-    if spec:
-        fn = load_metric(spec)
-        return fn, gepa_metric(fn), spec
-    m = AgentMetric(settings.optimization.metric_weights)
-    w = settings.optimization.metric_weights
-    return (
-        m,
-        m.feedback,
-        (
-            f"ocdspy agent metric (success {w.success}, efficiency "
-            f"{w.efficiency}, correctness {w.correctness})"
-        ),
+    options = settings.optimization
+    spec = optimizer_spec(options.optimizer)
+    context = BuildContext(
+        options=options,
+        metric=metric,
+        gepa_metric=gepa_metric or metric,
+        lms=lms,
+        teacher=spec.teacher_argument(lms),
+        n_fit=n_fit,
+        n_sel=n_sel,
+        log_dir=log_dir,
     )
+    return spec.build(context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -737,36 +404,6 @@ def program_path(settings: Settings, name: str) -> Path:
 
 def record_path(settings: Settings, name: str) -> Path:
     return settings.outputs.programs_dir / f"{name}{RUN_SUFFIX}"
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """DSPy and optuna log every step; inside a CLI with its own progress that is noise."""
-    import logging
-    import sys
-
-    names = ("dspy", "optuna", "LiteLLM", "litellm", "httpx")
-    old = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.ERROR)
-    # tqdm bars (BootstrapFewShot draws one) would interleave with our own progress on stderr.
-    # tqdm reads TQDM_DISABLE only when imported, so its constructor is patched for the duration.
-    try:
-        import tqdm as tqdm_module
-    except ImportError:  # pragma: no cover - dspy depends on tqdm
-        tqdm_module = None
-    tqdm_init = tqdm_module.tqdm.__init__ if tqdm_module is not None else None
-    if tqdm_module is not None:
-        tqdm_module.tqdm.__init__ = functools.partialmethod(tqdm_init, disable=True)
-    try:
-        # Some optimizers print() their progress: keep stdout for results (`--json`).
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        for n, lvl in old.items():
-            logging.getLogger(n).setLevel(lvl)
-        if tqdm_module is not None:
-            tqdm_module.tqdm.__init__ = tqdm_init
 
 
 def _commit_run(
@@ -829,6 +466,35 @@ def optimize(
         return _optimize(settings, name, False, lms, on_progress, demos_shown)
 
 
+@dataclass
+class _Prepared:
+    """Everything decided before the first LM call: enough for `--dry-run`."""
+
+    name: str
+    demos_shown: int
+    splits: Splits
+    tools: list[str]
+    fit: list[Any]
+    selection: list[Any]
+    warnings: list[str]
+    plan: OptimizationPlan
+
+
+@dataclass
+class _Outcome:
+    """What the optimizer left: a program (or the best candidate), its trials and spending."""
+
+    status: RunStatus
+    started: dt.datetime
+    duration_s: float = 0.0
+    program: Any | None = None
+    trials: list[TrialScore] = field(default_factory=list)
+    usage: list[ModelUsage] = field(default_factory=list)
+    metric: str = ""
+    raised: BaseException | None = None
+    error: str | None = None
+
+
 def _optimize(
     settings: Settings,
     name: str | None,
@@ -837,155 +503,199 @@ def _optimize(
     on_progress: Callable[[ProgressEvent], None] | None,
     demos_shown: int | None,
 ) -> OptimizeResult:
-    o = settings.optimization
-    name = name or default_name(settings)
-    demos_shown = o.demos_shown if demos_shown is None else demos_shown
-    splits = load_splits(settings.data.splits_dir)
-    fit_ex, sel_ex = (
-        (*selection_split(splits.train),)
-        if o.optimizer in NEEDS_SELECTION_SET
-        else (splits.train, [])
-    )
-    import dspy
-
-    from ocdspy.program.agent import build_program, to_dspy_examples
-    from ocdspy.program.render import available_tools
-
-    tools = available_tools(splits.train)
-    fit = to_dspy_examples(fit_ex, o.program, tools)
-    sel = to_dspy_examples(sel_ex, o.program, tools)
-    splits.refs["train"].program_examples = len(to_dspy_examples(splits.train, o.program, tools))
-    splits.refs["val"].program_examples = len(to_dspy_examples(splits.val, o.program, tools))
-    warnings = preflight(settings, n_fit=len(fit), n_sel=len(sel))
-    plan = plan_run(
-        settings,
-        n_fit=len(fit),
-        n_sel=len(sel),
-        sample=fit[0] if fit else None,
-        demos_shown=demos_shown,
-    )
+    prepared = _prepare(settings, name, demos_shown)
     if dry_run:
         return OptimizeResult(
-            name=name,
+            name=prepared.name,
             program_path=None,
             record_path=None,
             record=None,
-            plan=plan,
+            plan=prepared.plan,
             dry_run=True,
-            warnings=warnings,
+            warnings=prepared.warnings,
         )
+    outcome = _run_optimizer(settings, prepared, lms, on_progress)
+    record = _run_record(settings, prepared, outcome)
+    stem = prepared.name if outcome.status == "completed" else f"{prepared.name}{PARTIAL}"
+    out_path, rec_path = _commit_run(settings, stem, outcome.program, record)
+    result = OptimizeResult(
+        name=prepared.name,
+        program_path=out_path,
+        record_path=rec_path,
+        record=record,
+        plan=prepared.plan,
+        interrupted=outcome.status == "interrupted",
+        warnings=prepared.warnings,
+    )
+    _raise_if_stopped(outcome, result)
+    return result
 
-    metric, gepa_fn, metric_desc = resolve_metric(settings)
-    if lms is None:
-        lms = build_lms(settings)
-    tracker = TrialTracker(on_progress, planned=plan.metric_calls)
-    log_dir = settings.outputs.logs_dir / name
+
+def _prepare(settings: Settings, name: str | None, demos_shown: int | None) -> _Prepared:
+    """Load the split, carve the selection set, check the optimizer's needs and plan the run."""
+    from ocdspy.program.agent import to_dspy_examples
+    from ocdspy.program.render import available_tools
+
+    options = settings.optimization
+    splits = load_splits(settings.data.splits_dir)
+    fit_turns, selection_turns = (
+        selection_split(splits.train)
+        if optimizer_spec(options.optimizer).needs_selection_set
+        else (splits.train, [])
+    )
+    tools = available_tools(splits.train)
+
+    def program_examples(turns: list[Example]) -> list[Any]:
+        return to_dspy_examples(turns, options.program, tools)
+
+    fit, selection = program_examples(fit_turns), program_examples(selection_turns)
+    splits.refs["train"].program_examples = len(program_examples(splits.train))
+    splits.refs["val"].program_examples = len(program_examples(splits.val))
+    warnings = preflight(settings, n_fit=len(fit), n_sel=len(selection))
+    shown = options.demos_shown if demos_shown is None else demos_shown
+    plan = plan_run(
+        settings,
+        n_fit=len(fit),
+        n_sel=len(selection),
+        sample=fit[0] if fit else None,
+        demos_shown=shown,
+    )
+    return _Prepared(
+        name=name or default_name(settings),
+        demos_shown=shown,
+        splits=splits,
+        tools=tools,
+        fit=fit,
+        selection=selection,
+        warnings=warnings,
+        plan=plan,
+    )
+
+
+def _run_optimizer(
+    settings: Settings,
+    prepared: _Prepared,
+    lms: LMs | None,
+    on_progress: Callable[[ProgressEvent], None] | None,
+) -> _Outcome:
+    """Compile the student with the configured optimizer. Ctrl-C or a failure keeps the best
+    candidate scored so far instead of the optimizer's result."""
+    from ocdspy.program.agent import build_program
+
+    options = settings.optimization
+    spec = optimizer_spec(options.optimizer)
+    configured = resolve_metric(settings)
+    lms = lms if lms is not None else runtime.build_lms(settings)
+    tracker = TrialTracker(on_progress, planned=prepared.plan.metric_calls)
     optimizer, compile_kwargs = build_optimizer(
         settings,
-        tracker.wrap(metric),
+        tracker.wrap(configured.metric),
         lms,
-        n_fit=len(fit),
-        n_sel=len(sel),
-        log_dir=log_dir if o.optimizer in ("GEPA",) else None,
-        gepa_metric=tracker.wrap(gepa_fn),
+        n_fit=len(prepared.fit),
+        n_sel=len(prepared.selection),
+        log_dir=settings.outputs.logs_dir / prepared.name if spec.keeps_logs else None,
+        gepa_metric=tracker.wrap(configured.gepa),
     )
-    student = build_program(o.program, tools, demos_shown=demos_shown)
-    if o.optimizer in ("MIPROv2", "GEPA", "BootstrapFewShotWithRandomSearch"):
-        compile_kwargs["valset"] = sel
+    if spec.needs_selection_set:
+        compile_kwargs["valset"] = prepared.selection
 
-    starts = {
-        id(lm): _history_len(lm)
-        for lm in {id(lms.target): lms.target, id(lms.teacher): lms.teacher}.values()
-    }
-    started = dt.datetime.now(dt.timezone.utc)
-    t0 = time.monotonic()
-    status: Literal["completed", "interrupted", "failed"] = "completed"
-    interrupted: BaseException | None = None
-    error: str | None = None
-    result_program: Any = None
+    def new_program() -> Any:
+        return build_program(options.program, prepared.tools, demos_shown=prepared.demos_shown)
+
+    meter = lms.meter()
+    outcome = _compile(optimizer, new_program(), prepared.fit, compile_kwargs, lms, options)
+    best = tracker.best_state()
+    if outcome.program is None and best is not None:
+        outcome.program = new_program()
+        outcome.program.load_state(best)
+    outcome.trials, outcome.usage = tracker.trials(), meter.usage()
+    outcome.metric = configured.description
+    return outcome
+
+
+def _compile(
+    optimizer: Any,
+    student: Any,
+    trainset: list[Any],
+    compile_kwargs: dict[str, Any],
+    lms: LMs,
+    options: OptimizationSettings,
+) -> _Outcome:
+    """`optimizer.compile`, quietly, on the target LM; Ctrl-C and failures become the status."""
+    import dspy
+
+    outcome = _Outcome(status="completed", started=dt.datetime.now(dt.timezone.utc))
+    started = time.monotonic()
     try:
         with (
-            quiet(),
+            runtime.quiet(),
             dspy.context(
                 lm=lms.target,
                 adapter=dspy.JSONAdapter(),
-                max_errors=o.max_errors,
+                max_errors=options.max_errors,
                 max_history_size=1_000_000,
             ),
         ):
-            result_program = optimizer.compile(student, trainset=fit, **compile_kwargs)
+            outcome.program = optimizer.compile(student, trainset=trainset, **compile_kwargs)
     except KeyboardInterrupt as e:
-        status, interrupted = "interrupted", e
+        outcome.status, outcome.raised = "interrupted", e
     except Exception as e:
         # Keep what was learned (and the record) before reporting the failure.
         # Masked: an HTTP error may quote the request header that carried the API key.
-        status, interrupted, error = "failed", e, mask_keys(f"{type(e).__name__}: {e}")
-    duration = time.monotonic() - t0
+        outcome.status, outcome.raised = "failed", e
+        outcome.error = mask_keys(f"{type(e).__name__}: {e}")
+    outcome.duration_s = time.monotonic() - started
+    return outcome
 
-    if result_program is None:
-        best = tracker.best_state()
-        if best is not None:
-            result_program = build_program(o.program, tools, demos_shown=demos_shown)
-            result_program.load_state(best)
-    stem = name if status == "completed" else f"{name}{PARTIAL}"
 
-    usage = [usage_since(lms.target, starts[id(lms.target)], "target")]
-    if lms.teacher is not lms.target:
-        usage.append(usage_since(lms.teacher, starts[id(lms.teacher)], "teacher"))
-    trials = tracker.trials()
-    best_score = max((t.score for t in trials if t.best_so_far), default=None)
+def _run_record(settings: Settings, prepared: _Prepared, outcome: _Outcome) -> RunRecord:
+    options = settings.optimization
     resume = None
-    if status != "completed":
+    if outcome.status != "completed":
         resume = (
             "re-run the same `ocdspy optimize` command: calls already made are answered "
             f"from the cache in {settings.outputs.cache_dir}, so it picks up where it "
             "stopped"
         )
-    record = RunRecord(
-        name=name,
-        status=status,
-        optimizer=o.optimizer,
-        program=o.program,
-        tools=tools,
-        demos_shown=demos_shown,
-        settings=o.model_dump(mode="json"),
+    models = settings.models
+    return RunRecord(
+        name=prepared.name,
+        status=outcome.status,
+        optimizer=options.optimizer,
+        program=options.program,
+        tools=prepared.tools,
+        demos_shown=prepared.demos_shown,
+        settings=options.model_dump(mode="json"),
         models={
-            "target": settings.models.target.model_dump(mode="json", exclude={"api_key_env"}),
-            "teacher": settings.models.teacher.model_dump(mode="json", exclude={"api_key_env"}),
+            "target": models.target.model_dump(mode="json", exclude={"api_key_env"}),
+            "teacher": models.teacher.model_dump(mode="json", exclude={"api_key_env"}),
         },
-        data=splits.refs,
-        train_examples=len(fit),
-        selection_examples=len(sel),
-        plan=plan,
-        trials=trials,
-        best_score=best_score,
-        lm_usage=usage,
-        started=started.isoformat(),
-        duration_s=round(duration, 3),
+        data=prepared.splits.refs,
+        train_examples=len(prepared.fit),
+        selection_examples=len(prepared.selection),
+        plan=prepared.plan,
+        trials=outcome.trials,
+        best_score=max((t.score for t in outcome.trials if t.best_so_far), default=None),
+        lm_usage=outcome.usage,
+        started=outcome.started.isoformat(),
+        duration_s=round(outcome.duration_s, 3),
         program_path=None,
-        metric=metric_desc,
+        metric=outcome.metric,
         resume_hint=resume,
-        error=error,
+        error=outcome.error,
     )
-    out_path, rec_path = _commit_run(settings, stem, result_program, record)
-    result = OptimizeResult(
-        name=name,
-        program_path=out_path,
-        record_path=rec_path,
-        record=record,
-        plan=plan,
-        interrupted=status == "interrupted",
-        warnings=warnings,
-    )
-    if isinstance(interrupted, KeyboardInterrupt):
-        raise OptimizationInterrupted(result) from interrupted
-    if interrupted is not None:
+
+
+def _raise_if_stopped(outcome: _Outcome, result: OptimizeResult) -> None:
+    """Ctrl-C and failures reach the caller once the best candidate and the record are saved."""
+    if isinstance(outcome.raised, KeyboardInterrupt):
+        raise OptimizationInterrupted(result) from outcome.raised
+    if outcome.raised is not None:
         raise ModelError(
-            f"{o.optimizer} failed: {error}",
-            hint=f"run record kept at {rec_path} (any completed {name}.json is unchanged); "
-            "raise optimization.max_errors if single calls fail",
-        ) from interrupted
-    return result
+            f"{result.plan.optimizer} failed: {outcome.error}",
+            hint=f"run record kept at {result.record_path} (any completed {result.name}.json "
+            "is unchanged); raise optimization.max_errors if single calls fail",
+        ) from outcome.raised
 
 
 class OptimizationInterrupted(KeyboardInterrupt):

@@ -22,6 +22,7 @@ from ocdspy import __version__
 from ocdspy.artifacts import file_sha256, remove_stale_temps, write_model_atomic
 from ocdspy.config import Settings
 from ocdspy.errors import DataError
+from ocdspy.lm.usage import ModelUsage, total_usage
 
 STATE_FILE = "pipeline.json"
 Status = Literal["ran", "skipped"]
@@ -149,6 +150,7 @@ def _run_pipeline(
     state_path = settings.outputs.dir / STATE_FILE
     state = _load_state(state_path)
     d = settings.data
+    spent: list[ModelUsage] = []  # LM usage of the stages that ran, summed at the end
 
     def begin(stage: str) -> float:
         if on_stage is not None:
@@ -259,11 +261,7 @@ def _run_pipeline(
         status = "ran"
         detail = f"{settings.optimization.optimizer} -> {program_file.name}"
         if opt.record is not None:
-            for u in opt.record.lm_usage:
-                result.lm_calls += u.calls
-                result.lm_new_calls += u.new_calls
-                if u.cost is not None:
-                    result.lm_cost = (result.lm_cost or 0.0) + u.cost
+            spent += opt.record.lm_usage
     result.program_path = program_file
     done("optimize", status, detail, t0)
 
@@ -291,11 +289,7 @@ def _run_pipeline(
         state.outputs["report"] = str(report_file)
         save_state()
         status = "ran"
-        for u in ev.report.lm_usage:
-            result.lm_calls += u.calls
-            result.lm_new_calls += u.new_calls
-            if u.cost is not None:
-                result.lm_cost = (result.lm_cost or 0.0) + u.cost
+        spent += ev.report.lm_usage
     result.report_path = report_file
     result.baseline_score = rep["baseline"]["score"]
     result.optimized_score = rep["optimized"]["score"]
@@ -324,5 +318,8 @@ def _run_pipeline(
     result.agent_name, result.agent_path = exp.name, exp.agent_path
     result.installed_path = exp.installed_path
     done("export", "ran", str(exp.agent_path), t0)
+    totals = total_usage(spent)
+    result.lm_calls, result.lm_new_calls = totals.calls, totals.new_calls
+    result.lm_cost = totals.cost
     result.seconds = round(time.perf_counter() - started, 1)
     return result

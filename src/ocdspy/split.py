@@ -11,7 +11,7 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ocdspy import __version__
 from ocdspy.artifacts import (
@@ -251,3 +251,45 @@ def load_split(splits_dir: Path) -> LoadedSplit:
             hint=f"re-run `{_RERUN}`",
         )
     return LoadedSplit(train=train, val=val, manifest=m, train_path=train_path, val_path=val_path)
+
+
+class DataRef(BaseModel):
+    """One side of the split as a run record names it."""
+
+    path: str
+    sha256: str
+    examples: int = Field(description="Turns (recorded examples) in the file.")
+    program_examples: int = Field(0, description="DSPy examples made from them for this mode.")
+
+
+class Splits(BaseModel):
+    """A checked split with both sides non-empty: what optimize and evaluate read."""
+
+    train: list[Example]
+    val: list[Example]
+    refs: dict[str, DataRef]
+
+
+def load_splits(splits_dir: Path) -> Splits:
+    """The split, checked by `load_split` (hashes, no shared session), refused when a side is
+    empty: the optimizer needs examples to learn from, evaluate needs examples to score."""
+    loaded = load_split(splits_dir)
+    train, val = loaded.train, loaded.val
+    if not train:
+        raise DataError(
+            f"{loaded.train_path}: no training examples",
+            hint="raise data.train_split or add sessions, then re-run `ocdspy split`",
+        )
+    if not val:
+        raise DataError(
+            f"{loaded.val_path}: no validation examples",
+            hint="lower data.train_split or add sessions, then re-run `ocdspy split`",
+        )
+    manifest = loaded.manifest
+    refs = {
+        "train": DataRef(
+            path=str(loaded.train_path), sha256=manifest.train.sha256, examples=len(train)
+        ),
+        "val": DataRef(path=str(loaded.val_path), sha256=manifest.val.sha256, examples=len(val)),
+    }
+    return Splits(train=train, val=val, refs=refs)

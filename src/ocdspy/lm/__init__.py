@@ -45,6 +45,15 @@ API (everything keyword-only after the first argument; `dspy` is imported only w
 - ``model_error(exc, settings, *, role) -> ModelError``: a failed call (DSPy's ``LMError``) as
   one line for the CLI.
 
+- ``ocdspy.lm.runtime``: what the optimize and evaluate stages share. ``build_lms(settings, *,
+  needs_teacher=True) -> LMs`` (target and teacher, checked, with the project's cache; tests
+  replace it there, and only there) and ``quiet()``, which keeps DSPy's, optuna's and GEPA's
+  logs and print()s out of the terminal for the duration.
+
+- ``ocdspy.lm.usage``: ``LMs.meter()`` / ``UsageMeter({role: lm})`` counts what each role
+  spends from then on, as typed ``ModelUsage`` rows (run records and reports);
+  ``total_usage(rows) -> UsageTotals`` sums them over stages (the pipeline's summary).
+
 Using the local model: pass ``adapter=dspy.JSONAdapter()`` (``dspy.configure`` or
 ``dspy.context``). The engine declares ``supports_response_schema``, so JSONAdapter sends the
 signature's output fields as a JSON schema and llama.cpp decodes under a grammar built from it:
