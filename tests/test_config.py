@@ -471,3 +471,25 @@ def test_config_warnings_reach_the_cli_user(
     assert "warning:" in r.stderr and "data: duplicate key" in r.stderr
     assert "models.teacher.api_key_env (ANTHROPIC_API_KEY" in r.stderr
     assert "warning:" not in r.stdout
+
+
+def test_an_api_key_in_dotenv_reaches_the_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`.env.example` tells users to put keys in `.env`: the variables the models name are
+    loaded from it, never over the real environment, and nothing else is."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-shell")
+    monkeypatch.delenv("UNRELATED", raising=False)
+    (tmp_path / ".env").write_text(
+        "\ufeffANTHROPIC_API_KEY=sk-ant-from-dotenv\nOPENAI_API_KEY=sk-from-dotenv\nUNRELATED=x\n"
+    )
+    (tmp_path / "config.yaml").write_text(
+        "models:\n"
+        "  teacher: {provider: anthropic, model: claude-sonnet-4-5}\n"
+        "  target: {provider: openai, model: gpt-4o-mini}\n"
+    )
+    load_settings(cwd=tmp_path)
+    assert os.environ["ANTHROPIC_API_KEY"] == "sk-ant-from-dotenv"
+    assert os.environ["OPENAI_API_KEY"] == "sk-from-the-shell"
+    assert "UNRELATED" not in os.environ

@@ -17,7 +17,7 @@ import difflib
 import math
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -420,8 +420,8 @@ class _DotEnvSource(_StructuredValues, DotEnvSettingsSource):
         problem = _regular_file_problem(path)
         if problem not in (None, "not found"):
             self.warnings.append(f"{path}: {problem}; its settings are ignored")
-        readable = problem is None
-        super().__init__(settings_cls, env_file=path if readable else None)
+        self.readable = problem is None
+        super().__init__(settings_cls, env_file=path if self.readable else None)
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         try:
@@ -663,9 +663,26 @@ def load_settings(
     _resolve_default_paths(settings, sources, path.resolve().parent if path else cwd)
     all_sources = {k: sources.get(k, "default") for k in _flatten(settings.model_dump())}
     warnings = file_src.warnings + dotenv_src.warnings + _unused_model_settings(settings, sources)
+    if environ is None and dotenv_src.readable:
+        _export_dotenv_keys(settings, dotenv, os.environ)
     return LoadedSettings(
         settings=settings, sources=all_sources, config_file=path, warnings=warnings
     )
+
+
+def _export_dotenv_keys(
+    settings: Settings, dotenv: Path, environ: MutableMapping[str, str]
+) -> None:
+    """API keys written in `.env` (as `.env.example` suggests) reach the process, for the
+    variables the models name only, and never over a variable the environment already sets."""
+    from dotenv import dotenv_values
+
+    wanted = {getattr(settings.models, role).api_key_env for role in ("target", "teacher")}
+    values = dotenv_values(dotenv, encoding="utf-8-sig")
+    for name in sorted(n for n in wanted if n):
+        value = values.get(name)
+        if value and name not in environ:
+            environ[name] = value
 
 
 def _resolve_default_paths(settings: Settings, sources: dict[str, str], base: Path) -> None:
