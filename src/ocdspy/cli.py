@@ -410,6 +410,7 @@ def split(
     as_json: JsonOpt = False,
 ) -> None:
     """Split examples into train and validation sets, grouped by session."""
+    from ocdspy.layout import Project
     from ocdspy.split import split as run_split
 
     overrides: dict[str, Any] = {"data.splits_dir": out_dir, "data.seed": seed}
@@ -417,7 +418,7 @@ def split(
         overrides["data.train_split"] = train_split
         overrides["data.val_split"] = round(1.0 - train_split, 10)
     s = _load(config, overrides).settings
-    src = examples or s.data.processed_dir / "examples.jsonl"
+    src = examples or Project(s).examples
     res = run_split(src, s.data.splits_dir, train_fraction=s.data.train_split, seed=s.data.seed)
     m = res.manifest
     if as_json:
@@ -846,6 +847,7 @@ def optimize(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     os.environ.setdefault("TQDM_DISABLE", "1")  # DSPy's own bars would fight ours
+    from ocdspy.layout import program_file_name
     from ocdspy.optimize import OptimizationInterrupted, ProgressEvent
     from ocdspy.optimize import optimize as run_optimize
 
@@ -930,7 +932,7 @@ def optimize(
         if r.program_path is not None:
             err.print(
                 f"best program so far saved to {_rel(r.program_path)}; any completed "
-                f"{r.name}.json is unchanged",
+                f"{program_file_name(r.name)} is unchanged",
                 soft_wrap=True,
             )
         else:

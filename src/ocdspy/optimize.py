@@ -32,14 +32,11 @@ from ocdspy.artifacts import Staged, file_sha256, remove_stale_temps
 from ocdspy.config import ModelSettings, Settings, capable_teacher_warning
 from ocdspy.convert import Example
 from ocdspy.errors import ConfigError, DataError, ModelError
+from ocdspy.layout import Project, partial_name, program_file_name
 from ocdspy.lm.providers import mask_keys
 from ocdspy.lock import outputs_lock_dir, project_lock
 from ocdspy.split import load_split
 
-RUN_SUFFIX = ".run.json"
-# An interrupted or failed run's best candidate and record: NAME.partial.json and
-# NAME.partial.run.json, beside the last completed NAME.json / NAME.run.json, never over them.
-PARTIAL = ".partial"
 # Roles: the target model plays the agent; the teacher proposes instructions, reflects (GEPA)
 # and bootstraps demos.
 TEACHER_USE: dict[str, str] = {
@@ -731,14 +728,6 @@ def default_name(settings: Settings) -> str:
     return f"{settings.optimization.program}-{settings.optimization.optimizer.lower()}"
 
 
-def program_path(settings: Settings, name: str) -> Path:
-    return settings.outputs.programs_dir / f"{name}.json"
-
-
-def record_path(settings: Settings, name: str) -> Path:
-    return settings.outputs.programs_dir / f"{name}{RUN_SUFFIX}"
-
-
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """DSPy and optuna log every step; inside a CLI with its own progress that is noise."""
@@ -774,19 +763,19 @@ def _commit_run(
 ) -> tuple[Path | None, Path]:
     """Write the program and its record as one unit (record last, naming the program's hash).
     A completed run then drops the partial files an earlier interrupted run left."""
-    pdir = settings.outputs.programs_dir
-    rec_path = pdir / f"{stem}{RUN_SUFFIX}"
+    project = Project(settings)
+    rec_path = project.run_record(stem)
     with Staged() as staged:
-        out_path, sha = _save_result(staged, program, pdir / f"{stem}.json")
+        out_path, sha = _save_result(staged, program, project.program(stem))
         record.program_path = str(out_path) if out_path else None
         record.program_sha256 = sha
         staged.model(rec_path, record)
     if record.status == "completed":
-        for old in (pdir / f"{stem}{PARTIAL}.json", pdir / f"{stem}{PARTIAL}{RUN_SUFFIX}"):
+        for old in (project.program(partial_name(stem)), project.run_record(partial_name(stem))):
             old.unlink(missing_ok=True)
     elif out_path is None:
         # An earlier partial program no longer has a record that describes it.
-        (pdir / f"{stem}.json").unlink(missing_ok=True)
+        project.program(stem).unlink(missing_ok=True)
     return out_path, rec_path
 
 
@@ -879,7 +868,7 @@ def _optimize(
     if lms is None:
         lms = build_lms(settings)
     tracker = TrialTracker(on_progress, planned=plan.metric_calls)
-    log_dir = settings.outputs.logs_dir / name
+    log_dir = Project(settings).optimizer_logs(name)
     optimizer, compile_kwargs = build_optimizer(
         settings,
         tracker.wrap(metric),
@@ -927,7 +916,7 @@ def _optimize(
         if best is not None:
             result_program = build_program(o.program, tools, demos_shown=demos_shown)
             result_program.load_state(best)
-    stem = name if status == "completed" else f"{name}{PARTIAL}"
+    stem = name if status == "completed" else partial_name(name)
 
     usage = [usage_since(lms.target, starts[id(lms.target)], "target")]
     if lms.teacher is not lms.target:
@@ -982,7 +971,8 @@ def _optimize(
     if interrupted is not None:
         raise ModelError(
             f"{o.optimizer} failed: {error}",
-            hint=f"run record kept at {rec_path} (any completed {name}.json is unchanged); "
+            hint=f"run record kept at {rec_path} (any completed {program_file_name(name)} is "
+            "unchanged); "
             "raise optimization.max_errors if single calls fail",
         ) from interrupted
     return result
