@@ -705,6 +705,7 @@ def pipeline(
     as_json: JsonOpt = False,
 ) -> None:
     """Run validate → convert → split → optimize → evaluate → export, skipping what is current."""
+    from ocdspy.layout import ReportFiles
     from ocdspy.pipeline import run_pipeline
 
     s = _load(config, {"optimization.optimizer": optimizer}).settings
@@ -758,7 +759,8 @@ def pipeline(
     cost = f", cost ${res.lm_cost:.4f}" if res.lm_cost else ""
     out.print(f"LM calls this run: {res.lm_calls} ({res.lm_new_calls} not from cache){cost}")
     if res.report_path:
-        out.print(f"report: {_rel(str(res.report_path.with_suffix('.md')))}", soft_wrap=True)
+        markdown = ReportFiles.beside(res.report_path).markdown_path
+        out.print(f"report: {_rel(str(markdown))}", soft_wrap=True)
     if res.agent_path:
         out.print(f"agent: {_rel(str(res.agent_path))}", soft_wrap=True)
         if res.installed_path:

@@ -123,6 +123,11 @@ class ReportFiles:
     dir: Path
     name: str
 
+    @classmethod
+    def beside(cls, json_path: Path) -> ReportFiles:
+        """The report whose JSON file is `json_path`."""
+        return cls(json_path.parent, program_name(json_path))
+
     @property
     def json_path(self) -> Path:
         return self.dir / f"{self.name}{JSON_SUFFIX}"
