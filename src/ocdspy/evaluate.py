@@ -339,7 +339,7 @@ def _run(
             tick()
         return float(getattr(value, "score", value) or 0.0)
 
-    ev = dspy.Evaluate(
+    evaluator = dspy.Evaluate(
         devset=devset,
         metric=counted,
         num_threads=settings.optimization.num_threads,
@@ -351,10 +351,10 @@ def _run(
     )
     failures = _Failures()
     try:
-        res = ev(failures.counting(program))
+        outcome = evaluator(failures.counting(program))
     except Exception as e:
         raise _stopped(e, failures, settings) from e
-    return [(ex, pred, float(score)) for ex, pred, score in res.results]
+    return [(example, pred, float(score)) for example, pred, score in outcome.results]
 
 
 def evaluate(

@@ -189,13 +189,13 @@ def read_program(path: Path) -> ProgramParts:
     for key, value in data.items():
         if key == "metadata" or not isinstance(value, dict) or "signature" not in value:
             continue
-        sig = value.get("signature") or {}
-        text = sig.get("instructions") if isinstance(sig, dict) else None
+        signature = value.get("signature") or {}
+        text = signature.get("instructions") if isinstance(signature, dict) else None
         if isinstance(text, str) and text.strip():
             instructions.append(text.strip())
-        for d in value.get("demos") or []:
-            if isinstance(d, dict):
-                demos.append(d)
+        for demo in value.get("demos") or []:
+            if isinstance(demo, dict):
+                demos.append(demo)
     if not instructions:
         raise DataError(
             f"{path}: no predictor with instructions found",
@@ -217,9 +217,9 @@ def _calls(demo: dict[str, Any]) -> list[tuple[str, str]]:
             plan = None
     out: list[tuple[str, str]] = []
     if isinstance(plan, list):
-        for c in plan:
-            if isinstance(c, dict) and c.get("tool"):
-                out.append((str(c["tool"]), str(c.get("target", "") or "")))
+        for call in plan:
+            if isinstance(call, dict) and call.get("tool"):
+                out.append((str(call["tool"]), str(call.get("target", "") or "")))
     return out
 
 
@@ -387,7 +387,7 @@ def render_body(parts: ProgramParts, guidance: Guidance, *, demos_shown: int = D
     if demos:
         sections.append(
             "## Worked examples\n\n"
-            + "\n\n".join(render_demo(d, i) for i, d in enumerate(demos, 1))
+            + "\n\n".join(render_demo(demo, i) for i, demo in enumerate(demos, 1))
         )
     text = render_guidance(guidance)
     if text:
@@ -396,20 +396,20 @@ def render_body(parts: ProgramParts, guidance: Guidance, *, demos_shown: int = D
 
 
 def render_agent_file(front: AgentFrontMatter, body: str) -> str:
-    fm = front.model_dump(exclude_none=True)
-    head = yaml.safe_dump(fm, sort_keys=False, allow_unicode=True, width=1000).strip()
+    fields = front.model_dump(exclude_none=True)
+    head = yaml.safe_dump(fields, sort_keys=False, allow_unicode=True, width=1000).strip()
     return f"---\n{head}\n---\n\n{body}"
 
 
 def parse_agent_file(text: str) -> tuple[dict[str, Any], str]:
     """Split an agent file into (front matter, body), as OpenCode reads it."""
-    m = re.match(r"^---\r?\n(.*?)\r?\n---\r?\n?(.*)$", text, re.S)
-    if not m:
+    match = re.match(r"^---\r?\n(.*?)\r?\n---\r?\n?(.*)$", text, re.S)
+    if not match:
         raise ValueError("no YAML front matter")
-    data = yaml.safe_load(m.group(1)) or {}
+    data = yaml.safe_load(match.group(1)) or {}
     if not isinstance(data, dict):
         raise ValueError("front matter is not a mapping")
-    return data, m.group(2)
+    return data, match.group(2)
 
 
 def check_agent_text(text: str) -> AgentFrontMatter:
@@ -630,11 +630,12 @@ def plan_default_agent(config_dir: Path, name: str) -> ConfigEdit:
             f"{value} by hand, or export without --set-default"
         ) from None
     if "default_agent" in keys:
-        a, b = keys["default_agent"]
-        if text[a:b].strip() == value:
+        start_at, end_at = keys["default_agent"]
+        old = text[start_at:end_at]
+        if old.strip() == value:
             return ConfigEdit(path=path)
-        lead = text[a:b][: len(text[a:b]) - len(text[a:b].lstrip())] or " "
-        return ConfigEdit(path=path, text=text[:a] + lead + value + text[b:])
+        lead = old[: len(old) - len(old.lstrip())] or " "
+        return ConfigEdit(path=path, text=text[:start_at] + lead + value + text[end_at:])
     body = text[start + 1 : end]
     newline = "\r\n" if "\r\n" in text else "\n"
     indent_match = re.search(r"\n([ \t]+)\"", body)
