@@ -7,12 +7,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from ocdspy.artifacts import write_jsonl_atomic, write_model_atomic
 from ocdspy.cli import app
+from ocdspy.convert import Example, ExampleAction
 from ocdspy.errors import OcdspyError
+from ocdspy.evaluate import Difference, Report, SideScores
 from ocdspy.export import (
     AgentFrontMatter,
+    ExportMeta,
     check_agent_text,
-    default_name,
+    default_agent_name,
     export_agent,
     install_agent,
     opencode_model,
@@ -73,21 +77,63 @@ def saved_program(
 
 
 def train_examples(path: Path) -> Path:
-    rows = []
-    for i in range(3):
-        rows.append(
-            {
-                "id": f"s{i}/0",
-                "session_id": f"s{i}",
-                "success": True,
-                "actions": [
-                    {"tool": "read", "target": "a.py"},
-                    {"tool": "edit", "target": "a.py"},
-                    {"tool": "bash", "target": "pytest -q tests"},
-                ],
-            }
+    """A training split's file: three successful turns that read, edit, then run the tests."""
+    calls = [("read", "a.py"), ("edit", "a.py"), ("bash", "pytest -q tests")]
+    examples = [
+        Example(
+            id=f"s{i}/0",
+            session_id=f"s{i}",
+            turn_index=0,
+            source=f"s{i}.json",
+            source_format="plugin",
+            task="Fix the test",
+            context="",
+            history="",
+            actions=[
+                ExampleAction(step=n, tool=tool, target=target)
+                for n, (tool, target) in enumerate(calls, 1)
+            ],
+            success=True,
         )
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        for i in range(3)
+    ]
+    write_jsonl_atomic(path, examples)
+    return path
+
+
+def scored_report(path: Path, *, baseline: float, optimized: float) -> Path:
+    """An evaluation report with these scores (and nothing scored in detail)."""
+    report = Report(
+        name=path.stem,
+        program_path="p.json",
+        program="next_action",
+        optimizer="BootstrapFewShot",
+        metric="ocdspy agent metric",
+        model="ollama/m",
+        val={"path": "val.jsonl", "sha256": "", "turns": 0, "examples": 0},
+        examples_scored=0,
+        baseline=SideScores(score=baseline, components={}),
+        optimized=SideScores(score=optimized, components={}),
+        difference=Difference(
+            mean=optimized - baseline,
+            ci_low=0.0,
+            ci_high=0.0,
+            confidence=0.95,
+            resamples=0,
+            unit="sessions",
+            significant=False,
+        ),
+        components_difference={},
+        improved=0,
+        worse=0,
+        unchanged=0,
+        worse_examples=[],
+        results=[],
+        lm_usage=[],
+        started="",
+        duration_s=0.0,
+    )
+    write_model_atomic(path, report)
     return path
 
 
@@ -105,8 +151,8 @@ def test_sanitize_name(raw: str, expected: str) -> None:
 
 
 def test_default_name_and_model_mapping() -> None:
-    assert default_name("qwen2.5-coder:7b") == "qwen2-5-coder-7b-optimized"
-    assert default_name("ollama_chat/qwen2.5-coder:7b") == "qwen2-5-coder-7b-optimized"
+    assert default_agent_name("qwen2.5-coder:7b") == "qwen2-5-coder-7b-optimized"
+    assert default_agent_name("ollama_chat/qwen2.5-coder:7b") == "qwen2-5-coder-7b-optimized"
     assert opencode_model("ollama", "qwen2.5-coder:7b") == "ollama/qwen2.5-coder:7b"
     assert opencode_model("ollama", "ollama_chat/qwen2.5-coder:7b") == "ollama/qwen2.5-coder:7b"
     assert opencode_model("anthropic", "claude-sonnet-4-5") == "anthropic/claude-sonnet-4-5"
@@ -116,8 +162,7 @@ def test_default_name_and_model_mapping() -> None:
 
 def test_export_writes_a_valid_agent_and_sidecar(tmp_path: Path) -> None:
     prog = saved_program(tmp_path / "p.json")
-    report = tmp_path / "r.json"
-    report.write_text(json.dumps({"baseline": {"score": 21.4}, "optimized": {"score": 48.9}}))
+    report = scored_report(tmp_path / "r.json", baseline=21.4, optimized=48.9)
     res = export_agent(
         prog,
         tmp_path / "prompts",
@@ -144,8 +189,8 @@ def test_export_writes_a_valid_agent_and_sidecar(tmp_path: Path) -> None:
     assert "Read a file before editing it (3 of 3 edits did)" in body
     assert "`pytest -q`" in body
     assert "${" not in body and "[[ ##" not in body and "augmented" not in body
-    meta = json.loads(res.meta_path.read_text())
-    assert meta["optimized_score"] == 48.9 and meta["sessions"] == 42
+    meta = ExportMeta.load(res.meta_path)
+    assert meta.optimized_score == 48.9 and meta.sessions == 42
     assert "meta" not in front and "sha256" not in text
 
 

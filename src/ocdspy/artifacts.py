@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from ocdspy.errors import DataError, Interrupted
 
@@ -32,11 +32,11 @@ _TEMP_NAME = re.compile(r"^\..+\.(?:[a-z0-9_]{8}\.tmp(?:\.json)?|json\.tmp(?:\.j
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
+    digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def bytes_sha256(data: bytes) -> str:
@@ -147,15 +147,15 @@ class Staged:
 
     def jsonl(self, path: Path, records: Iterable[BaseModel]) -> tuple[int, str]:
         """Write records as JSON Lines; return (count, sha256 of the bytes written)."""
-        h = hashlib.sha256()
-        n = 0
+        digest = hashlib.sha256()
+        count = 0
         with self.writer(path, "wb") as f:
-            for rec in records:
-                line = rec.model_dump_json().encode("utf-8") + b"\n"
-                h.update(line)
+            for record in records:
+                line = record.model_dump_json().encode("utf-8") + b"\n"
+                digest.update(line)
                 f.write(line)
-                n += 1
-        return n, h.hexdigest()
+                count += 1
+        return count, digest.hexdigest()
 
     def commit(self) -> None:
         for tmp, _ in self._files:
@@ -164,8 +164,8 @@ class Staged:
             for tmp, path in self._files:
                 os.replace(tmp, path)
             self.committed = True
-        for d in {path.parent for _, path in self._files}:
-            _fsync_dir(d)
+        for directory in {path.parent for _, path in self._files}:
+            _fsync_dir(directory)
 
     def discard(self) -> None:
         for tmp, _ in self._files:
@@ -209,6 +209,28 @@ def write_jsonl_atomic(path: Path, records: Iterable[BaseModel]) -> tuple[int, s
     """Write records as JSON Lines atomically; return (count, sha256 of the bytes written)."""
     with Staged() as staged:
         return staged.jsonl(path, records)
+
+
+class Artifact(BaseModel):
+    """A model stored as one JSON file (a report, a manifest, a state file): `load` is its
+    typed reader, so no stage parses an artifact as a raw dict."""
+
+    @classmethod
+    def load(cls: type[M], path: Path) -> M:
+        """The artifact at `path`; a missing, unreadable or invalid file raises `DataError`
+        naming the file and the first field at fault."""
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except OSError as e:
+            raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+        except ValidationError as e:
+            raise DataError(f"{path}: not a valid {cls.__name__} ({_first_error(e)})") from None
+
+
+def _first_error(e: ValidationError) -> str:
+    first = e.errors(include_url=False)[0]
+    where = ".".join(str(x) for x in first["loc"])
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
 
 
 def read_jsonl(path: Path, model: type[M]) -> Iterator[M]:

@@ -537,14 +537,16 @@ def split(
 ) -> None:
     """Split examples into train and validation sets, grouped by session."""
     import ocdspy.split
+    from ocdspy.layout import Project
 
     overrides: dict[str, Any] = {"data.splits_dir": out_dir, "data.seed": seed}
     if train_split is not None:
         overrides["data.train_split"] = train_split
         overrides["data.val_split"] = round(1.0 - train_split, 10)
-    data = _settings(config, overrides).data
+    settings = _settings(config, overrides)
+    data = settings.data
     result = ocdspy.split.split(
-        examples or data.processed_dir / "examples.jsonl",
+        examples or Project(settings).examples,
         data.splits_dir,
         train_fraction=data.train_split,
         seed=data.seed,
@@ -852,7 +854,9 @@ def _print_pipeline(result: PipelineResult, shown: set[str]) -> None:
     cost = f", cost ${result.lm_cost:.4f}" if result.lm_cost else ""
     out.print(f"LM calls this run: {result.lm_calls} ({result.lm_new_calls} not from cache){cost}")
     if result.report_path:
-        _line(f"report: {_rel(str(result.report_path.with_suffix('.md')))}")
+        from ocdspy.layout import ReportFiles
+
+        _line(f"report: {_rel(str(ReportFiles.beside(result.report_path).markdown_path))}")
     if result.agent_path:
         _print_agent_start(result)
     out.print(f"done in {result.seconds:.0f} s")
@@ -1008,11 +1012,13 @@ def _optimize_with_bars(settings: Settings, name: str | None) -> OptimizeResult:
 
 
 def _print_interrupted(result: OptimizeResult) -> None:
+    from ocdspy.layout import program_file_name
+
     err.print("[yellow]interrupted.[/]", highlight=False)
     if result.program_path is not None:
         err.print(
             f"best program so far saved to {_rel(result.program_path)}; any completed "
-            f"{result.name}.json is unchanged",
+            f"{program_file_name(result.name)} is unchanged",
             soft_wrap=True,
         )
     else:

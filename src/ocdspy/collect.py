@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from ocdspy import __version__
 from ocdspy.artifacts import atomic_writer, on_interrupt, remove_stale_temps, temp_path
 from ocdspy.errors import DataError, Interrupted
+from ocdspy.layout import COLLECT_STATE_FILE
 from ocdspy.lock import data_lock_dir, project_lock
 from ocdspy.sessions.model import SessionLog
 from ocdspy.sessions.opencode import (
@@ -42,7 +43,7 @@ from ocdspy.sessions.opencode import (
 )
 from ocdspy.sessions.read import SQLITE_MAGIC, Problem, SessionRead, is_storage_tree
 
-STATE_FILE = ".ocdspy-collect.json"
+STATE_FILE = COLLECT_STATE_FILE
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
 
 

@@ -26,13 +26,12 @@ from ocdspy.artifacts import (
     remove_stale_temps,
 )
 from ocdspy.errors import DataError
+from ocdspy.layout import EXAMPLES_FILE, MANIFEST_FILE
 from ocdspy.lock import data_lock_dir, project_lock
 from ocdspy.redact import redact_text, redact_value
 from ocdspy.sessions.model import Action, Context, SessionLog, Turn
 from ocdspy.sessions.read import Problem, SessionRead, Source, discover, iter_sessions
 
-EXAMPLES_FILE = "examples.jsonl"
-MANIFEST_FILE = "manifest.json"
 HISTORY_MESSAGE_CHARS = 600
 _PLACEHOLDER = re.compile(r"\[REDACTED:[a-z-]+\]")
 

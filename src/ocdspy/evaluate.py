@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,17 +23,18 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, Field
 
 from ocdspy import __version__
-from ocdspy.artifacts import Staged, file_sha256, remove_stale_temps
+from ocdspy.artifacts import Artifact, Staged, file_sha256, remove_stale_temps
 from ocdspy.config import ModelSettings, Settings
 from ocdspy.display import printable
 from ocdspy.errors import DataError, ModelError
+from ocdspy.layout import Project, ReportFiles, is_partial, program_name, run_record_beside
 from ocdspy.lm import runtime
 from ocdspy.lm.providers import mask_keys
 from ocdspy.lm.runtime import LMs
 from ocdspy.lm.usage import ModelUsage, UsageMeter
 from ocdspy.lock import outputs_lock_dir, project_lock
 from ocdspy.metric import COMPONENTS, as_calls, resolve_metric, score_prediction
-from ocdspy.optimize import PARTIAL, RUN_SUFFIX, RunRecord, load_record
+from ocdspy.optimize import RunRecord, load_record
 from ocdspy.split import load_splits
 
 WORSE_SHOWN = 10
@@ -67,7 +69,7 @@ class Difference(BaseModel):
     significant: bool = Field(description="The interval lies entirely above or below 0.")
 
 
-class Report(BaseModel):
+class Report(Artifact):
     producer: str = f"ocdspy {__version__}"
     stage: str = "evaluate"
     name: str
@@ -123,27 +125,27 @@ def bootstrap_ci(
     rng = random.Random(seed)
     clusters: list[list[float]]
     if groups is not None and len(set(groups)) > 1:
-        by: dict[str, list[float]] = {}
-        for d, g in zip(deltas, groups, strict=False):
-            by.setdefault(g, []).append(d)
-        clusters = list(by.values())
+        by_group: dict[str, list[float]] = {}
+        for delta, group in zip(deltas, groups, strict=False):
+            by_group.setdefault(group, []).append(delta)
+        clusters = list(by_group.values())
     else:
-        clusters = [[d] for d in deltas]
-    sums = [(sum(c), len(c)) for c in clusters]
+        clusters = [[delta] for delta in deltas]
+    sums = [(sum(cluster), len(cluster)) for cluster in clusters]
     k = len(sums)
     means = []
     for _ in range(resamples):
-        total = n = 0.0
+        total = count = 0.0
         for _ in range(k):
-            s, c = sums[rng.randrange(k)]
-            total += s
-            n += c
-        means.append(total / n)
+            cluster_sum, cluster_size = sums[rng.randrange(k)]
+            total += cluster_sum
+            count += cluster_size
+        means.append(total / count)
     means.sort()
     alpha = (1 - confidence) / 2
-    lo = means[int(alpha * (resamples - 1))]
-    hi = means[round((1 - alpha) * (resamples - 1))]
-    return lo, hi
+    low = means[int(alpha * (resamples - 1))]
+    high = means[round((1 - alpha) * (resamples - 1))]
+    return low, high
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,16 +155,12 @@ def bootstrap_ci(
 def _show(obj: Any, plan: bool) -> str:
     if obj is None:
         return "(no prediction)"
-    get = obj.get if hasattr(obj, "get") else lambda k, d=None: getattr(obj, k, d)
+    get = obj.get if hasattr(obj, "get") else lambda key, default=None: getattr(obj, key, default)
     if plan:
         calls = "; ".join(f"{c.tool} {c.target}".strip() for c in as_calls(get("plan", [])))
         resp = str(get("response", "") or "")
         return f"{calls or '(no calls)'} | {resp[:160]}"
     return f"{get('tool', '') or '?'} {str(get('target', '') or '')[:160]}".strip()
-
-
-def _stem(path: Path) -> str:
-    return path.name[: -len(".json")] if path.name.endswith(".json") else path.stem
 
 
 def resolve_program(settings: Settings, program: str | Path | None) -> Path:
@@ -171,78 +169,71 @@ def resolve_program(settings: Settings, program: str | Path | None) -> Path:
     The best candidate of an interrupted or failed run (`NAME.partial.json`) is used only when
     named (`NAME.partial`), never by default.
     """
-    pdir = settings.outputs.programs_dir
+    project = Project(settings)
     if program is None:
-        found = (
-            sorted(
-                (p for p in pdir.glob("*.json") if not p.name.endswith(RUN_SUFFIX)),
-                key=lambda p: p.stat().st_mtime,
-            )
-            if pdir.is_dir()
-            else []
-        )
-        completed = [p for p in found if not _stem(p).endswith(PARTIAL)]
-        if completed:
-            return completed[-1]
-        if found:
-            raise DataError(
-                f"no completed program in {pdir}; {found[-1].name} is the best candidate of an "
-                "interrupted or failed run",
-                hint=f"name it to use it anyway (`{_stem(found[-1])}`), or re-run "
-                "`ocdspy optimize`",
-            )
-        raise DataError(
-            f"no optimized program in {pdir}",
-            hint="run `ocdspy optimize` first, or name a program file",
-        )
-    p = Path(program)
-    for cand in (p, pdir / p, pdir / f"{p}.json"):
-        if cand.is_file():
-            return cand
+        return _newest_completed(project)
+    given = Path(program)
+    for candidate in (given, project.programs_dir / given, project.program(str(given))):
+        if candidate.is_file():
+            return candidate
     raise DataError(
-        f"program {program!r} not found (looked in {pdir})",
-        hint="give a path, or a name from `ls " + str(pdir) + "`",
+        f"program {program!r} not found (looked in {project.programs_dir})",
+        hint="give a path, or a name from `ls " + str(project.programs_dir) + "`",
     )
 
 
-def record_path_for(program_path: Path) -> Path:
-    return program_path.with_name(_stem(program_path) + RUN_SUFFIX)
+def _newest_completed(project: Project) -> Path:
+    programs_dir = project.programs_dir
+    found = project.saved_programs()
+    completed = [p for p in found if not is_partial(p)]
+    if completed:
+        return completed[-1]
+    if found:
+        raise DataError(
+            f"no completed program in {programs_dir}; {found[-1].name} is the best candidate of "
+            "an interrupted or failed run",
+            hint=f"name it to use it anyway (`{program_name(found[-1])}`), or re-run "
+            "`ocdspy optimize`",
+        )
+    raise DataError(
+        f"no optimized program in {programs_dir}",
+        hint="run `ocdspy optimize` first, or name a program file",
+    )
 
 
 def record_for(path: Path) -> RunRecord | None:
     """The run record written with the program at `path`, refused when it names another
     program (a run killed between writing the two, or a file edited since)."""
-    rec = record_path_for(path)
-    if not rec.is_file():
+    record_path = run_record_beside(path)
+    if not record_path.is_file():
         return None
     try:
-        record = load_record(rec)
+        record = load_record(record_path)
     except ValueError:
         return None
     if record.program_sha256 is not None and record.program_sha256 != file_sha256(path):
         raise DataError(
-            f"{path}: does not match its run record {rec.name} (SHA-256 differs)",
+            f"{path}: does not match its run record {record_path.name} (SHA-256 differs)",
             hint=f"re-run `ocdspy optimize --name {record.name}`",
         )
     return record
 
 
-def report_for(program_path: Path, reports_dir: Path) -> Path | None:
+def report_for(settings: Settings, program_path: Path) -> Path | None:
     """The evaluation report of the program at `program_path`, if there is one; refused when it
     scored another program (re-optimized since, or a killed run)."""
-    stem = _stem(program_path)
-    path = reports_dir / f"{stem}.json"
+    path = Project(settings).report_of(program_path).json_path
     if not path.is_file():
         return None
     try:
-        scored = Report.model_validate_json(path.read_bytes()).program_sha256
-    except ValueError:
+        scored = Report.load(path).program_sha256
+    except DataError:
         scored = None
     if scored != file_sha256(program_path):
         raise DataError(
             f"{path}: this report did not score {program_path} as it is now (its SHA-256 "
             "differs or is not recorded)",
-            hint=f"re-run `ocdspy evaluate {stem}`",
+            hint=f"re-run `ocdspy evaluate {program_name(program_path)}`",
         )
     return path
 
@@ -342,7 +333,7 @@ def _run(
             tick()
         return float(getattr(value, "score", value) or 0.0)
 
-    ev = dspy.Evaluate(
+    evaluator = dspy.Evaluate(
         devset=devset,
         metric=counted,
         num_threads=settings.optimization.num_threads,
@@ -354,10 +345,10 @@ def _run(
     )
     failures = _Failures()
     try:
-        res = ev(failures.counting(program))
+        outcome = evaluator(failures.counting(program))
     except Exception as e:
         raise _stopped(e, failures, settings) from e
-    return [(ex, pred, float(score)) for ex, pred, score in res.results]
+    return [(example, pred, float(score)) for example, pred, score in outcome.results]
 
 
 def evaluate(
@@ -392,13 +383,49 @@ def _evaluate(
     confidence: float,
     on_progress: Callable[[str, int, int], None] | None,
 ) -> EvaluateResult:
-    import dspy
+    path = resolve_program(settings, program)
+    record = record_for(path)
+    subject = _load_subject(settings, path, record)
+    metric, _, metric_desc = resolve_metric(settings)
+    if lms is None:
+        lms = runtime.build_lms(settings, needs_teacher=False)
+    scored = _score_sides(subject, metric, lms, settings, on_progress)
+    report = _build_report(
+        settings,
+        path,
+        record,
+        subject,
+        scored,
+        metric_desc,
+        resamples=resamples,
+        confidence=confidence,
+    )
+    files = _write_report(settings, report)
+    return EvaluateResult(
+        report=report,
+        json_path=files.json_path,
+        markdown_path=files.markdown_path,
+        program_used=describe_program(path, record),
+    )
 
+
+@dataclass
+class _Subject:
+    """What is scored: both programs, in one mode, on the validation split's examples."""
+
+    mode: str
+    baseline: Any
+    optimized: Any
+    devset: list[Any]
+    val: dict[str, Any]  # the split scored, as the report names it
+
+
+def _load_subject(settings: Settings, path: Path, record: RunRecord | None) -> _Subject:
+    """The saved program at `path` and an unoptimized one built the same way (the run record
+    says how), and the validation examples in that program's mode."""
     from ocdspy.program.agent import build_program, to_dspy_examples
     from ocdspy.program.render import available_tools
 
-    path = resolve_program(settings, program)
-    record = record_for(path)
     splits = load_splits(settings.data.splits_dir)
     mode = record.program if record else settings.optimization.program
     tools = record.tools if record else available_tools(splits.train)
@@ -418,9 +445,36 @@ def _evaluate(
             "the validation split gives no examples to score",
             hint="lower data.train_split and re-run `ocdspy split`",
         )
-    metric, _, metric_desc = resolve_metric(settings)
-    if lms is None:
-        lms = runtime.build_lms(settings, needs_teacher=False)
+    val = {
+        "path": splits.refs["val"].path,
+        "sha256": splits.refs["val"].sha256,
+        "turns": len(splits.val),
+        "examples": len(devset),
+    }
+    return _Subject(mode, baseline, optimized, devset, val)
+
+
+@dataclass
+class _Scored:
+    """Each side's (example, prediction, score) triples, and what scoring them cost."""
+
+    runs: dict[str, list[tuple[Any, Any, float]]]
+    usage: list[ModelUsage]
+    started: str
+    duration_s: float
+
+
+def _score_sides(
+    subject: _Subject,
+    metric: Callable[..., Any],
+    lms: LMs,
+    settings: Settings,
+    on_progress: Callable[[str, int, int], None] | None,
+) -> _Scored:
+    """Run the baseline, then the optimized program, on every validation example."""
+    import dspy
+
+    devset = subject.devset
     meter = UsageMeter({"target": lms.target})
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
@@ -429,7 +483,7 @@ def _evaluate(
         runtime.quiet(),
         dspy.context(lm=lms.target, adapter=dspy.JSONAdapter(), max_history_size=1_000_000),
     ):
-        for side, prog in (("baseline", baseline), ("optimized", optimized)):
+        for side, prog in (("baseline", subject.baseline), ("optimized", subject.optimized)):
             done = [0]
 
             def tick(side: str = side, done: list[int] = done) -> None:
@@ -439,101 +493,135 @@ def _evaluate(
 
             runs[side] = _run(prog, devset, metric, settings, tick)
     duration = time.monotonic() - t0
-
-    plan = mode == "plan"
-    results: list[ExampleResult] = []
-    side_comp: dict[str, dict[str, list[float]]] = {s: {c: [] for c in COMPONENTS} for s in runs}
-    errors = {s: 0 for s in runs}
-    for (ex, bpred, bscore), (_, opred, oscore) in zip(
-        runs["baseline"], runs["optimized"], strict=True
-    ):
-        comps = {}
-        for side, pred in (("baseline", bpred), ("optimized", opred)):
-            if pred is None or not dict(pred.items() if hasattr(pred, "items") else {}):
-                errors[side] += 1
-            sc = score_prediction(ex, pred).model_dump()
-            comps[side] = {k: round(100 * v, 2) for k, v in sc.items()}
-            for c in COMPONENTS:
-                side_comp[side][c].append(100 * sc[c])
-        gold = _show(ex, plan) if plan else f"{ex.tool} {str(ex.target)[:160]}"
-        results.append(
-            ExampleResult(
-                id=str(ex.get("example_id", "")),
-                session_id=str(ex.get("session_id", "")),
-                expected=gold,
-                baseline_output=_show(bpred, plan),
-                optimized_output=_show(opred, plan),
-                baseline=round(100 * bscore, 2),
-                optimized=round(100 * oscore, 2),
-                delta=round(100 * (oscore - bscore), 2),
-                baseline_components=comps["baseline"],
-                optimized_components=comps["optimized"],
-            )
-        )
-
-    def side_scores(side: str) -> SideScores:
-        scores = [r for _, _, r in runs[side]]
-        return SideScores(
-            score=round(100 * sum(scores) / len(scores), 2),
-            components={c: round(sum(v) / len(v), 2) for c, v in side_comp[side].items()},
-            errors=errors[side],
-        )
-
-    b, o = side_scores("baseline"), side_scores("optimized")
-    deltas = [r.delta for r in results]
-    groups = [r.session_id for r in results]
-    lo, hi = bootstrap_ci(deltas, groups, resamples=resamples, confidence=confidence)
-    mean = sum(deltas) / len(deltas)
-    worse = sorted((r for r in results if r.delta < 0), key=lambda r: r.delta)
-    name = _stem(path)
-    report = Report(
-        name=name,
-        program_path=str(path),
-        program_sha256=file_sha256(path),
-        program=mode,
-        optimizer=record.optimizer if record else None,
-        metric=metric_desc,
-        model=f"{settings.models.target.provider}/{settings.models.target.model}",
-        val={
-            "path": splits.refs["val"].path,
-            "sha256": splits.refs["val"].sha256,
-            "turns": len(splits.val),
-            "examples": len(devset),
-        },
-        examples_scored=len(results),
-        baseline=b,
-        optimized=o,
-        difference=Difference(
-            mean=round(mean, 2),
-            ci_low=round(lo, 2),
-            ci_high=round(hi, 2),
-            confidence=confidence,
-            resamples=resamples,
-            unit="sessions" if len(set(groups)) > 1 else "examples",
-            significant=lo > 0 or hi < 0,
-        ),
-        components_difference={c: round(o.components[c] - b.components[c], 2) for c in COMPONENTS},
-        improved=sum(d > 0 for d in deltas),
-        worse=len(worse),
-        unchanged=sum(d == 0 for d in deltas),
-        worse_examples=worse[:WORSE_SHOWN],
-        results=results,
-        lm_usage=meter.usage(),
+    return _Scored(
+        runs=runs,
+        usage=meter.usage(),
         started=started.isoformat(),
         duration_s=round(duration, 3),
     )
-    report.verdict = verdict(report)
-    rdir = settings.outputs.reports_dir
-    json_path, md_path = rdir / f"{name}.json", rdir / f"{name}.md"
-    with Staged() as staged:
-        staged.text(md_path, render_markdown(report))
-        staged.model(json_path, report)
-    return EvaluateResult(
-        report=report,
-        json_path=json_path,
-        markdown_path=md_path,
-        program_used=describe_program(path, record),
+
+
+SIDES = ("baseline", "optimized")
+
+
+def _compare(
+    runs: dict[str, list[tuple[Any, Any, float]]], *, plan: bool
+) -> tuple[list[ExampleResult], SideScores, SideScores]:
+    """Each example's result on both sides, and each side's mean scores."""
+    results: list[ExampleResult] = []
+    components: dict[str, dict[str, list[float]]] = {
+        side: {c: [] for c in COMPONENTS} for side in SIDES
+    }
+    errors = dict.fromkeys(SIDES, 0)
+    for (example, baseline_pred, baseline_score), (_, optimized_pred, optimized_score) in zip(
+        runs["baseline"], runs["optimized"], strict=True
+    ):
+        example_components = {}
+        for side, pred in zip(SIDES, (baseline_pred, optimized_pred), strict=True):
+            if pred is None or not dict(pred.items() if hasattr(pred, "items") else {}):
+                errors[side] += 1
+            scores = score_prediction(example, pred).model_dump()
+            example_components[side] = {k: round(100 * v, 2) for k, v in scores.items()}
+            for c in COMPONENTS:
+                components[side][c].append(100 * scores[c])
+        gold = _show(example, plan) if plan else f"{example.tool} {str(example.target)[:160]}"
+        results.append(
+            ExampleResult(
+                id=str(example.get("example_id", "")),
+                session_id=str(example.get("session_id", "")),
+                expected=gold,
+                baseline_output=_show(baseline_pred, plan),
+                optimized_output=_show(optimized_pred, plan),
+                baseline=round(100 * baseline_score, 2),
+                optimized=round(100 * optimized_score, 2),
+                delta=round(100 * (optimized_score - baseline_score), 2),
+                baseline_components=example_components["baseline"],
+                optimized_components=example_components["optimized"],
+            )
+        )
+    baseline, optimized = (
+        _side_scores(runs[side], components[side], errors[side]) for side in SIDES
     )
+    return results, baseline, optimized
+
+
+def _side_scores(
+    run: list[tuple[Any, Any, float]], components: dict[str, list[float]], errors: int
+) -> SideScores:
+    scores = [score for _, _, score in run]
+    return SideScores(
+        score=round(100 * sum(scores) / len(scores), 2),
+        components={c: round(sum(v) / len(v), 2) for c, v in components.items()},
+        errors=errors,
+    )
+
+
+def _difference(results: list[ExampleResult], *, resamples: int, confidence: float) -> Difference:
+    """The mean difference, with its bootstrap interval over sessions."""
+    deltas = [r.delta for r in results]
+    groups = [r.session_id for r in results]
+    low, high = bootstrap_ci(deltas, groups, resamples=resamples, confidence=confidence)
+    return Difference(
+        mean=round(sum(deltas) / len(deltas), 2),
+        ci_low=round(low, 2),
+        ci_high=round(high, 2),
+        confidence=confidence,
+        resamples=resamples,
+        unit="sessions" if len(set(groups)) > 1 else "examples",
+        significant=low > 0 or high < 0,
+    )
+
+
+def _build_report(
+    settings: Settings,
+    path: Path,
+    record: RunRecord | None,
+    subject: _Subject,
+    scored: _Scored,
+    metric_desc: str,
+    *,
+    resamples: int,
+    confidence: float,
+) -> Report:
+    results, baseline, optimized = _compare(scored.runs, plan=subject.mode == "plan")
+    worse = sorted((r for r in results if r.delta < 0), key=lambda r: r.delta)
+    target = settings.models.target
+    report = Report(
+        name=program_name(path),
+        program_path=str(path),
+        program_sha256=file_sha256(path),
+        program=subject.mode,
+        optimizer=record.optimizer if record else None,
+        metric=metric_desc,
+        model=f"{target.provider}/{target.model}",
+        val=subject.val,
+        examples_scored=len(results),
+        baseline=baseline,
+        optimized=optimized,
+        difference=_difference(results, resamples=resamples, confidence=confidence),
+        components_difference={
+            c: round(optimized.components[c] - baseline.components[c], 2) for c in COMPONENTS
+        },
+        improved=sum(r.delta > 0 for r in results),
+        worse=len(worse),
+        unchanged=sum(r.delta == 0 for r in results),
+        worse_examples=worse[:WORSE_SHOWN],
+        results=results,
+        lm_usage=scored.usage,
+        started=scored.started,
+        duration_s=scored.duration_s,
+    )
+    report.verdict = verdict(report)
+    return report
+
+
+def _write_report(settings: Settings, report: Report) -> ReportFiles:
+    """The report as Markdown and JSON, committed as one unit (the JSON last)."""
+    files = Project(settings).report(report.name)
+    with Staged() as staged:
+        staged.text(files.markdown_path, render_markdown(report))
+        staged.model(files.json_path, report)
+    return files
 
 
 def errors_note(baseline: SideScores, optimized: SideScores, scored: int) -> str | None:
@@ -552,14 +640,15 @@ def errors_note(baseline: SideScores, optimized: SideScores, scored: int) -> str
     )
 
 
-def verdict(r: Report) -> str:
-    d = r.difference
+def verdict(report: Report) -> str:
+    diff = report.difference
     line = (
-        f"{d.mean:+.1f} points, {int(d.confidence * 100)}% bootstrap interval "
-        f"[{d.ci_low:+.1f}, {d.ci_high:+.1f}] ({d.resamples} resamples of {d.unit}); "
-        + ("the interval excludes 0" if d.significant else "the interval includes 0")
+        f"{diff.mean:+.1f} points, {int(diff.confidence * 100)}% bootstrap interval "
+        f"[{diff.ci_low:+.1f}, {diff.ci_high:+.1f}] "
+        f"({diff.resamples} resamples of {diff.unit}); "
+        + ("the interval excludes 0" if diff.significant else "the interval includes 0")
     )
-    note = errors_note(r.baseline, r.optimized, r.examples_scored)
+    note = errors_note(report.baseline, report.optimized, report.examples_scored)
     return f"{line}; {note}." if note else f"{line}."
 
 
@@ -567,45 +656,48 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")[:120]
 
 
-def render_markdown(r: Report) -> str:
-    d = r.difference
+def render_markdown(report: Report) -> str:
+    diff = report.difference
     lines = [
-        f"# Evaluation of `{r.name}`",
+        f"# Evaluation of `{report.name}`",
         "",
-        f"- program: `{r.program_path}` ({r.program} mode, optimizer {r.optimizer or '?'})",
-        f"- model: `{r.model}`",
-        f"- validation split: `{r.val['path']}` ({r.val['turns']} turns, "
-        f"{r.examples_scored} examples scored)",
-        f"- metric: {r.metric}",
+        f"- program: `{report.program_path}` ({report.program} mode, optimizer "
+        f"{report.optimizer or '?'})",
+        f"- model: `{report.model}`",
+        f"- validation split: `{report.val['path']}` ({report.val['turns']} turns, "
+        f"{report.examples_scored} examples scored)",
+        f"- metric: {report.metric}",
         "",
         "| | baseline | optimized | difference |",
         "|---|---:|---:|---:|",
-        f"| **score** | {r.baseline.score:.1f} | {r.optimized.score:.1f} | "
-        f"{d.mean:+.1f} [{d.ci_low:+.1f}, {d.ci_high:+.1f}] |",
+        f"| **score** | {report.baseline.score:.1f} | {report.optimized.score:.1f} | "
+        f"{diff.mean:+.1f} [{diff.ci_low:+.1f}, {diff.ci_high:+.1f}] |",
     ]
     for c in COMPONENTS:
         lines.append(
-            f"| {c} | {r.baseline.components[c]:.1f} | "
-            f"{r.optimized.components[c]:.1f} | {r.components_difference[c]:+.1f} |"
+            f"| {c} | {report.baseline.components[c]:.1f} | "
+            f"{report.optimized.components[c]:.1f} | {report.components_difference[c]:+.1f} |"
         )
     lines += [
         "",
-        f"Difference: {r.verdict or verdict(r)}",
+        f"Difference: {report.verdict or verdict(report)}",
         "",
-        f"Examples improved: {r.improved}, worse: {r.worse}, unchanged: {r.unchanged}.",
+        f"Examples improved: {report.improved}, worse: {report.worse}, "
+        f"unchanged: {report.unchanged}.",
         "",
     ]
-    if r.worse_examples:
+    if report.worse_examples:
         lines += [
             "## Examples that got worse",
             "",
             "| example | expected | baseline | optimized | Δ |",
             "|---|---|---|---|---:|",
         ]
-        for x in r.worse_examples:
+        for example in report.worse_examples:
             lines.append(
-                f"| `{x.id}` | {_cell(x.expected)} | {_cell(x.baseline_output)} | "
-                f"{_cell(x.optimized_output)} | {x.delta:+.1f} |"
+                f"| `{example.id}` | {_cell(example.expected)} | "
+                f"{_cell(example.baseline_output)} | {_cell(example.optimized_output)} | "
+                f"{example.delta:+.1f} |"
             )
         lines.append("")
     lines += [
@@ -614,10 +706,11 @@ def render_markdown(r: Report) -> str:
         "| example | expected | optimized | baseline | optimized score |",
         "|---|---|---|---:|---:|",
     ]
-    for x in r.results:
+    for example in report.results:
         lines.append(
-            f"| `{x.id}` | {_cell(x.expected)} | {_cell(x.optimized_output)} | "
-            f"{x.baseline:.1f} | {x.optimized:.1f} |"
+            f"| `{example.id}` | {_cell(example.expected)} | "
+            f"{_cell(example.optimized_output)} | {example.baseline:.1f} | "
+            f"{example.optimized:.1f} |"
         )
     lines.append("")
     return "\n".join(lines)

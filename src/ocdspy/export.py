@@ -19,13 +19,14 @@ import stat
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ocdspy import __version__
 from ocdspy.artifacts import (
+    Artifact,
     atomic_writer,
     bytes_sha256,
     remove_stale_temps,
@@ -33,8 +34,10 @@ from ocdspy.artifacts import (
     write_text_atomic,
 )
 from ocdspy.config import Settings
+from ocdspy.convert import load_examples
 from ocdspy.display import printable, show_path
 from ocdspy.errors import DataError, OcdspyError
+from ocdspy.layout import AgentFiles, Project, installed_agent, run_record_beside
 from ocdspy.program.sanitize import (
     clean_text,
     dropped_warning,
@@ -43,6 +46,9 @@ from ocdspy.program.sanitize import (
     split_demos,
 )
 from ocdspy.redact import find_secrets
+
+if TYPE_CHECKING:
+    from ocdspy.evaluate import Report
 
 AgentMode = Literal["primary", "subagent", "all"]
 DEMOS_SHOWN = 6
@@ -83,7 +89,7 @@ class AgentFrontMatter(BaseModel):
         return v
 
 
-class ExportMeta(BaseModel):
+class ExportMeta(Artifact):
     producer: str = f"ocdspy {__version__}"
     stage: str = "export"
     name: str
@@ -130,7 +136,8 @@ def sanitize_name(raw: str) -> str:
     return name
 
 
-def default_name(model: str) -> str:
+def default_agent_name(model: str) -> str:
+    """The agent's name when none is given: the target model's, `-optimized`."""
     base = model.rsplit("/", 1)[-1]
     return f"{sanitize_name(base) or 'agent'}-optimized"
 
@@ -182,13 +189,13 @@ def read_program(path: Path) -> ProgramParts:
     for key, value in data.items():
         if key == "metadata" or not isinstance(value, dict) or "signature" not in value:
             continue
-        sig = value.get("signature") or {}
-        text = sig.get("instructions") if isinstance(sig, dict) else None
+        signature = value.get("signature") or {}
+        text = signature.get("instructions") if isinstance(signature, dict) else None
         if isinstance(text, str) and text.strip():
             instructions.append(text.strip())
-        for d in value.get("demos") or []:
-            if isinstance(d, dict):
-                demos.append(d)
+        for demo in value.get("demos") or []:
+            if isinstance(demo, dict):
+                demos.append(demo)
     if not instructions:
         raise DataError(
             f"{path}: no predictor with instructions found",
@@ -210,9 +217,9 @@ def _calls(demo: dict[str, Any]) -> list[tuple[str, str]]:
             plan = None
     out: list[tuple[str, str]] = []
     if isinstance(plan, list):
-        for c in plan:
-            if isinstance(c, dict) and c.get("tool"):
-                out.append((str(c["tool"]), str(c.get("target", "") or "")))
+        for call in plan:
+            if isinstance(call, dict) and call.get("tool"):
+                out.append((str(call["tool"]), str(call.get("target", "") or "")))
     return out
 
 
@@ -272,78 +279,75 @@ class Guidance(BaseModel):
 
 def learn_guidance(examples_path: Path | None) -> Guidance:
     """Tool-use habits of the recorded successful turns the program was optimized on."""
-    g = Guidance()
+    guidance = Guidance()
     if examples_path is None or not examples_path.is_file():
-        return g
+        return guidance
     tools: Counter[str] = Counter()
     commands: Counter[str] = Counter()
     sessions: set[str] = set()
     calls = 0
-    rbe = [0, 0]
-    cae = [0, 0]
-    for line in examples_path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
+    read_before_edit = [0, 0]
+    check_after_edit = [0, 0]
+    for example in load_examples(examples_path):
+        if not example.success:
             continue
-        ex = json.loads(line)
-        if not ex.get("success", True):
-            continue
-        g.turns += 1
-        sessions.add(ex.get("session_id", ""))
-        actions = ex.get("actions") or []
+        guidance.turns += 1
+        sessions.add(example.session_id)
+        actions = example.actions
         calls += len(actions)
         read: set[str] = set()
         edited = False
-        for a in actions:
-            tool, target = a.get("tool", ""), a.get("target", "")
+        for action in actions:
+            tool, target = action.tool, action.target
             tools[tool] += 1
             if tool == "bash" and target:
                 commands[" ".join(target.split()[:2])] += 1
             if tool == "read":
                 read.add(target)
             if tool in ("edit", "multiedit"):
-                rbe[1] += 1
-                rbe[0] += target in read
+                read_before_edit[1] += 1
+                read_before_edit[0] += target in read
                 edited = True
         if edited:
-            cae[1] += 1
+            check_after_edit[1] += 1
             last_edit = max(
-                i for i, a in enumerate(actions) if a.get("tool") in ("edit", "write", "multiedit")
+                i for i, a in enumerate(actions) if a.tool in ("edit", "write", "multiedit")
             )
-            cae[0] += any(a.get("tool") == "bash" for a in actions[last_edit + 1 :])
-    g.sessions = len(sessions)
-    g.mean_calls = calls / g.turns if g.turns else 0.0
-    g.tools = tools.most_common(8)
-    g.commands = [
+            check_after_edit[0] += any(a.tool == "bash" for a in actions[last_edit + 1 :])
+    guidance.sessions = len(sessions)
+    guidance.mean_calls = calls / guidance.turns if guidance.turns else 0.0
+    guidance.tools = tools.most_common(8)
+    guidance.commands = [
         (c, n) for c, n in commands.most_common(5) if n >= 2 and injection_phrase(c) is None
     ]
-    g.read_before_edit = (rbe[0], rbe[1])
-    g.check_after_edit = (cae[0], cae[1])
-    return g
+    guidance.read_before_edit = (read_before_edit[0], read_before_edit[1])
+    guidance.check_after_edit = (check_after_edit[0], check_after_edit[1])
+    return guidance
 
 
-def render_guidance(g: Guidance) -> str:
-    if not g.turns:
+def render_guidance(guidance: Guidance) -> str:
+    if not guidance.turns:
         return ""
     lines = [
-        f"How the recorded sessions used tools ({g.turns} successful turns from "
-        f"{g.sessions} sessions):",
+        f"How the recorded sessions used tools ({guidance.turns} successful turns from "
+        f"{guidance.sessions} sessions):",
         "",
     ]
-    lines.append(f"- Keep it short: {g.mean_calls:.1f} tool calls per request on average.")
-    if g.tools:
-        usage = ", ".join(f"{_code(t)} {n}" for t, n in g.tools)
+    lines.append(f"- Keep it short: {guidance.mean_calls:.1f} tool calls per request on average.")
+    if guidance.tools:
+        usage = ", ".join(f"{_code(t)} {n}" for t, n in guidance.tools)
         lines.append(f"- Tools used, most common first: {usage}.")
-    done, total = g.read_before_edit
+    done, total = guidance.read_before_edit
     if total:
         lines.append(f"- Read a file before editing it ({done} of {total} edits did).")
-    done, total = g.check_after_edit
+    done, total = guidance.check_after_edit
     if total:
         lines.append(
             f"- After changing code, run a check with `bash` ({done} of {total} turns "
             "that edited did)."
         )
-    if g.commands:
-        cmds = ", ".join(_code(c) for c, _ in g.commands)
+    if guidance.commands:
+        cmds = ", ".join(_code(c) for c, _ in guidance.commands)
         lines.append(f"- Commands this project uses: {cmds}.")
     lines.append("- Finish with a short answer that says what changed and where.")
     return "\n".join(lines)
@@ -383,7 +387,7 @@ def render_body(parts: ProgramParts, guidance: Guidance, *, demos_shown: int = D
     if demos:
         sections.append(
             "## Worked examples\n\n"
-            + "\n\n".join(render_demo(d, i) for i, d in enumerate(demos, 1))
+            + "\n\n".join(render_demo(demo, i) for i, demo in enumerate(demos, 1))
         )
     text = render_guidance(guidance)
     if text:
@@ -392,20 +396,20 @@ def render_body(parts: ProgramParts, guidance: Guidance, *, demos_shown: int = D
 
 
 def render_agent_file(front: AgentFrontMatter, body: str) -> str:
-    fm = front.model_dump(exclude_none=True)
-    head = yaml.safe_dump(fm, sort_keys=False, allow_unicode=True, width=1000).strip()
+    fields = front.model_dump(exclude_none=True)
+    head = yaml.safe_dump(fields, sort_keys=False, allow_unicode=True, width=1000).strip()
     return f"---\n{head}\n---\n\n{body}"
 
 
 def parse_agent_file(text: str) -> tuple[dict[str, Any], str]:
     """Split an agent file into (front matter, body), as OpenCode reads it."""
-    m = re.match(r"^---\r?\n(.*?)\r?\n---\r?\n?(.*)$", text, re.S)
-    if not m:
+    match = re.match(r"^---\r?\n(.*?)\r?\n---\r?\n?(.*)$", text, re.S)
+    if not match:
         raise ValueError("no YAML front matter")
-    data = yaml.safe_load(m.group(1)) or {}
+    data = yaml.safe_load(match.group(1)) or {}
     if not isinstance(data, dict):
         raise ValueError("front matter is not a mapping")
-    return data, m.group(2)
+    return data, match.group(2)
 
 
 def check_agent_text(text: str) -> AgentFrontMatter:
@@ -476,7 +480,7 @@ def install_agent(
         raise OcdspyError(
             f"{show_path(directory)}: cannot create the agent folder ({e.strerror or e})"
         ) from None
-    target = (directory / f"{name}.md").resolve()
+    target = installed_agent(directory, name).resolve()
     if target.parent != directory.resolve():
         raise OcdspyError(f"agent name {name!r} would be written outside {show_path(directory)}")
     backup = None
@@ -626,11 +630,12 @@ def plan_default_agent(config_dir: Path, name: str) -> ConfigEdit:
             f"{value} by hand, or export without --set-default"
         ) from None
     if "default_agent" in keys:
-        a, b = keys["default_agent"]
-        if text[a:b].strip() == value:
+        start_at, end_at = keys["default_agent"]
+        old = text[start_at:end_at]
+        if old.strip() == value:
             return ConfigEdit(path=path)
-        lead = text[a:b][: len(text[a:b]) - len(text[a:b].lstrip())] or " "
-        return ConfigEdit(path=path, text=text[:a] + lead + value + text[b:])
+        lead = old[: len(old) - len(old.lstrip())] or " "
+        return ConfigEdit(path=path, text=text[:start_at] + lead + value + text[end_at:])
     body = text[start + 1 : end]
     newline = "\r\n" if "\r\n" in text else "\n"
     indent_match = re.search(r"\n([ \t]+)\"", body)
@@ -696,75 +701,53 @@ def export_agent(
     set_default: bool = False,
     force: bool = False,
 ) -> ExportResult:
+    """Write the agent file (and its `NAME.meta.json`) for the program at `program_path` into
+    `out_dir`; with `install_to`, copy it into an OpenCode agent folder too."""
     warnings: list[str] = []
     _check_one_line(provider=target_provider, model=target_model)
-    agent_name = sanitize_name(name) if name else default_name(target_model)
-    if name and agent_name != name:
-        warnings.append(f"agent name {name!r} was sanitized to {agent_name!r}")
-    if not agent_name or not _NAME_OK.match(agent_name):
-        raise OcdspyError(f"agent name {name!r} is empty once sanitized")
-    if set_default and mode == "subagent":
-        raise OcdspyError(
-            "--set-default needs a primary agent; this one is a subagent",
-            hint="use --mode primary (or all)",
-        )
-    if set_default and install_to is None:
-        raise OcdspyError("--set-default needs --install-to (the folder OpenCode reads)")
-
+    agent_name = _agent_name(name, target_model, warnings)
+    _check_install_options(mode, install_to, set_default)
     parts = read_program(program_path)
-    report: dict[str, Any] = {}
-    if report_path is not None and report_path.is_file():
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-    baseline = (report.get("baseline") or {}).get("score")
-    optimized = (report.get("optimized") or {}).get("score")
-
+    report = _read_report(report_path)
     model = opencode_model(target_provider, target_model)
     if model is None:
         warnings.append(
             f"the target model ({target_provider}/{target_model}) has no OpenCode name; the agent "
             "file leaves `model` out, so OpenCode uses the model selected there"
         )
-    what = f"tuned for {target_model}" + (f" from {sessions} sessions" if sessions else "")
-    if baseline is not None and optimized is not None:
-        what += f", score {baseline:.0f} → {optimized:.0f}"
     front = _front_matter(
-        description=f"Coding agent {what} (ocdspy)", mode=mode, model=model, temperature=temperature
+        description=_description(target_model, sessions, report),
+        mode=mode,
+        model=model,
+        temperature=temperature,
     )
     dropped = split_demos(parts.demos)[1]
     if dropped:
         warnings.append(dropped_warning(dropped))
-    body = render_body(parts, learn_guidance(examples_path))
-    text = render_agent_file(front, body)
+    text = render_agent_file(front, render_body(parts, learn_guidance(examples_path)))
     check_agent_text(text)
-
-    agent_path = out_dir / f"{agent_name}.md"
-    try:
-        write_text_atomic(agent_path, text)
-    except OSError as e:
-        raise OcdspyError(
-            f"{show_path(out_dir)}: cannot write the agent file ({e.strerror or e})"
-        ) from None
+    files = AgentFiles(out_dir, agent_name)
+    _write_agent_file(files.agent_path, text)
     result = ExportResult(
         name=agent_name,
-        agent_path=agent_path,
-        meta_path=out_dir / f"{agent_name}.meta.json",
+        agent_path=files.agent_path,
+        meta_path=files.meta_path,
         front_matter=front,
         warnings=warnings,
         demos_dropped=dropped,
     )
     if install_to is not None:
         _install(result, install_to, set_default=set_default, force=force)
-
     meta = ExportMeta(
         name=agent_name,
-        agent_file=agent_path.name,
+        agent_file=files.agent_path.name,
         agent_sha256=bytes_sha256(text.encode("utf-8")),
         program=str(program_path),
         program_sha256=bytes_sha256(program_path.read_bytes()),
         run_record=str(run_record_path) if run_record_path else None,
-        report=str(report_path) if report_path and report_path.is_file() else None,
-        baseline_score=baseline,
-        optimized_score=optimized,
+        report=str(report_path) if report is not None else None,
+        baseline_score=report.baseline.score if report is not None else None,
+        optimized_score=report.optimized.score if report is not None else None,
         sessions=sessions,
         target_model=f"{target_provider}/{target_model}",
         opencode_model=model,
@@ -776,6 +759,52 @@ def export_agent(
     )
     write_model_atomic(result.meta_path, meta)
     return result
+
+
+def _agent_name(name: str | None, target_model: str, warnings: list[str]) -> str:
+    """The name given, sanitized (with a warning when that changed it), or the default."""
+    agent_name = sanitize_name(name) if name else default_agent_name(target_model)
+    if name and agent_name != name:
+        warnings.append(f"agent name {name!r} was sanitized to {agent_name!r}")
+    if not agent_name or not _NAME_OK.match(agent_name):
+        raise OcdspyError(f"agent name {name!r} is empty once sanitized")
+    return agent_name
+
+
+def _check_install_options(mode: AgentMode, install_to: Path | None, set_default: bool) -> None:
+    if set_default and mode == "subagent":
+        raise OcdspyError(
+            "--set-default needs a primary agent; this one is a subagent",
+            hint="use --mode primary (or all)",
+        )
+    if set_default and install_to is None:
+        raise OcdspyError("--set-default needs --install-to (the folder OpenCode reads)")
+
+
+def _read_report(report_path: Path | None) -> Report | None:
+    """The program's evaluation report, when there is one (its scores go into the agent's
+    description)."""
+    from ocdspy.evaluate import Report
+
+    if report_path is None or not report_path.is_file():
+        return None
+    return Report.load(report_path)
+
+
+def _description(target_model: str, sessions: int | None, report: Report | None) -> str:
+    what = f"tuned for {target_model}" + (f" from {sessions} sessions" if sessions else "")
+    if report is not None:
+        what += f", score {report.baseline.score:.0f} → {report.optimized.score:.0f}"
+    return f"Coding agent {what} (ocdspy)"
+
+
+def _write_agent_file(agent_path: Path, text: str) -> None:
+    try:
+        write_text_atomic(agent_path, text)
+    except OSError as e:
+        raise OcdspyError(
+            f"{show_path(agent_path.parent)}: cannot write the agent file ({e.strerror or e})"
+        ) from None
 
 
 def _check_one_line(**settings: str) -> None:
@@ -830,19 +859,18 @@ def export_program(
     """`export_agent` with everything else found where the other stages put it: the target
     model, the training split (for tool-use habits and the session count), the program's
     evaluation report and run record."""
-    from ocdspy.evaluate import describe_program, record_for, record_path_for, report_for
+    from ocdspy.evaluate import describe_program, record_for, report_for
     from ocdspy.lock import outputs_lock_dir, project_lock
-    from ocdspy.split import MANIFEST_FILE, TRAIN_FILE, load_split
+    from ocdspy.split import load_split
 
+    project = Project(settings)
     with project_lock(outputs_lock_dir(settings), "export"):
         remove_stale_temps(settings.outputs.prompts_dir)
         # Every input is checked against the hash its producer recorded before it is used.
         record = record_for(program_path)
-        report_path = report_for(program_path, settings.outputs.reports_dir)
-        splits_dir = settings.data.splits_dir
-        sessions = None
-        if (splits_dir / MANIFEST_FILE).is_file() or (splits_dir / TRAIN_FILE).is_file():
-            sessions = load_split(splits_dir).manifest.train.sessions
+        report_path = report_for(settings, program_path)
+        splits = project.splits
+        sessions = load_split(splits.dir).manifest.train.sessions if splits.exists() else None
         target = settings.models.target
         result = export_agent(
             program_path,
@@ -852,9 +880,9 @@ def export_program(
             temperature=target.temperature,
             name=name,
             mode=mode,
-            examples_path=splits_dir / TRAIN_FILE,
+            examples_path=splits.train,
             report_path=report_path,
-            run_record_path=record_path_for(program_path) if record else None,
+            run_record_path=run_record_beside(program_path) if record else None,
             sessions=sessions,
             install_to=install_to,
             set_default=set_default,

@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from ocdspy.errors import ProjectBusy
+from ocdspy.layout import LOCK_FILE
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows has no flock
     fcntl = None  # type: ignore[assignment]
 
-LOCK_FILE = ".ocdspy.lock"
 WAIT_SECONDS = 5.0
 _POLL = 0.1
 

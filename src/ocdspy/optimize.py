@@ -29,6 +29,7 @@ from ocdspy.artifacts import Staged, file_sha256, remove_stale_temps
 from ocdspy.config import ModelSettings, OptimizationSettings, Settings
 from ocdspy.convert import Example
 from ocdspy.errors import DataError, ModelError
+from ocdspy.layout import Project, partial_name, program_file_name
 from ocdspy.lm import runtime
 from ocdspy.lm.providers import mask_keys
 from ocdspy.lm.runtime import LMs
@@ -38,10 +39,6 @@ from ocdspy.metric import resolve_metric
 from ocdspy.optimizers import BuildContext, capable_teacher_warning, optimizer_spec
 from ocdspy.split import DataRef, Splits, load_splits
 
-RUN_SUFFIX = ".run.json"
-# An interrupted or failed run's best candidate and record: NAME.partial.json and
-# NAME.partial.run.json, beside the last completed NAME.json / NAME.run.json, never over them.
-PARTIAL = ".partial"
 # Rough size of what the model writes back, per mode, for cost estimates.
 OUTPUT_TOKENS = {"plan": 160, "next_action": 50}
 
@@ -398,32 +395,24 @@ def default_name(settings: Settings) -> str:
     return f"{settings.optimization.program}-{settings.optimization.optimizer.lower()}"
 
 
-def program_path(settings: Settings, name: str) -> Path:
-    return settings.outputs.programs_dir / f"{name}.json"
-
-
-def record_path(settings: Settings, name: str) -> Path:
-    return settings.outputs.programs_dir / f"{name}{RUN_SUFFIX}"
-
-
 def _commit_run(
     settings: Settings, stem: str, program: Any | None, record: RunRecord
 ) -> tuple[Path | None, Path]:
     """Write the program and its record as one unit (record last, naming the program's hash).
     A completed run then drops the partial files an earlier interrupted run left."""
-    pdir = settings.outputs.programs_dir
-    rec_path = pdir / f"{stem}{RUN_SUFFIX}"
+    project = Project(settings)
+    rec_path = project.run_record(stem)
     with Staged() as staged:
-        out_path, sha = _save_result(staged, program, pdir / f"{stem}.json")
+        out_path, sha = _save_result(staged, program, project.program(stem))
         record.program_path = str(out_path) if out_path else None
         record.program_sha256 = sha
         staged.model(rec_path, record)
     if record.status == "completed":
-        for old in (pdir / f"{stem}{PARTIAL}.json", pdir / f"{stem}{PARTIAL}{RUN_SUFFIX}"):
+        for old in (project.program(partial_name(stem)), project.run_record(partial_name(stem))):
             old.unlink(missing_ok=True)
     elif out_path is None:
         # An earlier partial program no longer has a record that describes it.
-        (pdir / f"{stem}.json").unlink(missing_ok=True)
+        project.program(stem).unlink(missing_ok=True)
     return out_path, rec_path
 
 
@@ -516,7 +505,7 @@ def _optimize(
         )
     outcome = _run_optimizer(settings, prepared, lms, on_progress)
     record = _run_record(settings, prepared, outcome)
-    stem = prepared.name if outcome.status == "completed" else f"{prepared.name}{PARTIAL}"
+    stem = prepared.name if outcome.status == "completed" else partial_name(prepared.name)
     out_path, rec_path = _commit_run(settings, stem, outcome.program, record)
     result = OptimizeResult(
         name=prepared.name,
@@ -593,7 +582,7 @@ def _run_optimizer(
         lms,
         n_fit=len(prepared.fit),
         n_sel=len(prepared.selection),
-        log_dir=settings.outputs.logs_dir / prepared.name if spec.keeps_logs else None,
+        log_dir=Project(settings).optimizer_logs(prepared.name) if spec.keeps_logs else None,
         gepa_metric=tracker.wrap(configured.gepa),
     )
     if spec.needs_selection_set:
@@ -693,8 +682,9 @@ def _raise_if_stopped(outcome: _Outcome, result: OptimizeResult) -> None:
     if outcome.raised is not None:
         raise ModelError(
             f"{result.plan.optimizer} failed: {outcome.error}",
-            hint=f"run record kept at {result.record_path} (any completed {result.name}.json "
-            "is unchanged); raise optimization.max_errors if single calls fail",
+            hint=f"run record kept at {result.record_path} (any completed "
+            f"{program_file_name(result.name)} is unchanged); raise optimization.max_errors if "
+            "single calls fail",
         ) from outcome.raised
 
 

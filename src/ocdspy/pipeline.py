@@ -12,20 +12,24 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
 from ocdspy import __version__
-from ocdspy.artifacts import file_sha256, remove_stale_temps, write_model_atomic
+from ocdspy.artifacts import Artifact, file_sha256, remove_stale_temps, write_model_atomic
 from ocdspy.config import Settings
 from ocdspy.errors import DataError
+from ocdspy.layout import Project
 from ocdspy.lm.usage import ModelUsage, total_usage
 
-STATE_FILE = "pipeline.json"
+if TYPE_CHECKING:
+    from ocdspy.evaluate import Report
+
 Status = Literal["ran", "skipped"]
+T = TypeVar("T")
 
 
 class StageOutcome(BaseModel):
@@ -35,7 +39,7 @@ class StageOutcome(BaseModel):
     seconds: float = 0.0
 
 
-class PipelineState(BaseModel):
+class PipelineState(Artifact):
     producer: str = f"ocdspy {__version__}"
     fingerprints: dict[str, str] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict)
@@ -67,22 +71,20 @@ class PipelineResult(BaseModel):
 
 
 def _fingerprint(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, Path):
-            h.update(file_sha256(p).encode() if p.is_file() else b"<missing>")
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            digest.update(file_sha256(part).encode() if part.is_file() else b"<missing>")
         else:
-            h.update(json.dumps(p, sort_keys=True, default=str).encode())
-        h.update(b"\0")
-    return h.hexdigest()
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _load_state(path: Path) -> PipelineState:
     if path.is_file():
-        try:
-            return PipelineState.model_validate_json(path.read_bytes())
-        except ValueError:
-            pass
+        with contextlib.suppress(DataError):
+            return PipelineState.load(path)
     return PipelineState()
 
 
@@ -114,212 +116,256 @@ def run_pipeline(
             later.enter_context(project_lock(outputs_lock_dir(settings), "pipeline"))
             remove_stale_temps(settings.outputs.dir)
 
-        return _run_pipeline(
-            settings,
-            lock_outputs,
-            name=name,
-            force=force,
+        started = time.perf_counter()
+        run = _Run(settings, force=force, on_stage=on_stage)
+        run.validate(lock_outputs)
+        examples_path = run.convert()
+        run.split(examples_path)
+        program_file = run.optimize(name, lms)
+        run.evaluate(program_file, lms)
+        run.export(
+            program_file,
+            agent_name=agent_name,
             install_to=install_to,
             set_default=set_default,
             overwrite=overwrite,
-            agent_name=agent_name,
-            lms=lms,
-            on_stage=on_stage,
         )
+        run.sum_usage()
+        run.result.seconds = round(time.perf_counter() - started, 1)
+        return run.result
 
 
-def _run_pipeline(
-    settings: Settings,
-    lock_outputs: Callable[[], None],
-    *,
-    name: str | None,
-    force: bool,
-    install_to: Path | None,
-    set_default: bool,
-    overwrite: bool,
-    agent_name: str | None,
-    lms: Any,
-    on_stage: Callable[[str], None] | None,
-) -> PipelineResult:
-    from ocdspy.convert import convert
-    from ocdspy.split import load_split, split
-    from ocdspy.validate import validate
+class _Run:
+    """One pipeline run: its settings, what the last run recorded (`outputs/pipeline.json`) and
+    the result so far. Each stage is a method."""
 
-    started = time.perf_counter()
-    result = PipelineResult(optimizer=settings.optimization.optimizer)
-    state_path = settings.outputs.dir / STATE_FILE
-    state = _load_state(state_path)
-    d = settings.data
-    spent: list[ModelUsage] = []  # LM usage of the stages that ran, summed at the end
+    def __init__(
+        self, settings: Settings, *, force: bool, on_stage: Callable[[str], None] | None
+    ) -> None:
+        self.settings = settings
+        self.project = Project(settings)
+        self.force = force
+        self.on_stage = on_stage
+        self.state = _load_state(self.project.pipeline_state)
+        self.result = PipelineResult(optimizer=settings.optimization.optimizer)
+        self.spent: list[ModelUsage] = []  # LM usage of the stages that ran, summed once
 
-    def begin(stage: str) -> float:
-        if on_stage is not None:
-            on_stage(stage)
-        return time.perf_counter()
+    # -- the machinery every stage shares
 
-    def done(stage: str, status: Status, detail: str, t0: float) -> None:
-        result.stages.append(
-            StageOutcome(
-                stage=stage,
-                status=status,
-                detail=detail,
-                seconds=round(time.perf_counter() - t0, 2),
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[StageOutcome]:
+        """Announce the stage, time it, and add its outcome (status and detail set by the
+        block) to the result once it finished."""
+        if self.on_stage is not None:
+            self.on_stage(name)
+        t0 = time.perf_counter()
+        outcome = StageOutcome(stage=name, status="ran")
+        yield outcome
+        outcome.seconds = round(time.perf_counter() - t0, 2)
+        self.result.stages.append(outcome)
+
+    def cached(
+        self,
+        stage: str,
+        fingerprint: str,
+        *,
+        reuse: Callable[[], T | None],
+        run: Callable[[], T],
+    ) -> tuple[T, Status]:
+        """The stage's output: the last run's (found by `reuse`, None when it is gone or
+        broken) when the stage's inputs and settings have the fingerprint they had then,
+        else a fresh one from `run`, whose fingerprint is then recorded."""
+        if not self.force and self.state.fingerprints.get(stage) == fingerprint:
+            kept = reuse()
+            if kept is not None:
+                return kept, "skipped"
+        output = run()
+        self.state.fingerprints[stage] = fingerprint
+        write_model_atomic(self.project.pipeline_state, self.state)
+        return output, "ran"
+
+    def add_usage(self, usage: Iterable[ModelUsage]) -> None:
+        self.spent += usage
+
+    def sum_usage(self) -> None:
+        totals = total_usage(self.spent)
+        self.result.lm_calls, self.result.lm_new_calls = totals.calls, totals.new_calls
+        self.result.lm_cost = totals.cost
+
+    # -- the stages
+
+    def validate(self, lock_outputs: Callable[[], None]) -> None:
+        """Always run (it is cheap); its requirements gate every later stage."""
+        from ocdspy.validate import validate
+
+        data = self.settings.data
+        with self.stage("validate") as outcome:
+            report = validate(
+                [data.raw_dir], min_examples=data.min_examples, require_success=data.require_success
             )
-        )
+            failed = [r for r in report.requirements if not r.ok]
+            if failed:
+                raise DataError(failed[0].message, hint=failed[0].fix)
+            invalid = [f for f in report.files if f.errors]
+            if invalid:
+                self.result.warnings.append(
+                    f"{len(invalid)} input file(s) are invalid and were skipped; "
+                    f"`ocdspy validate {data.raw_dir}` shows why"
+                )
+            self.result.sessions = report.total_sessions
+            lock_outputs()
+            outcome.detail = f"{report.total_sessions} sessions, {report.total_examples} turns"
 
-    def save_state() -> None:
-        write_model_atomic(state_path, state)
+    def convert(self) -> Path:
+        """Convert keeps its own manifest, which knows whether anything changed."""
+        from ocdspy.convert import convert
 
-    # validate: always (cheap); its requirements gate everything after it.
-    t0 = begin("validate")
-    report = validate([d.raw_dir], min_examples=d.min_examples, require_success=d.require_success)
-    failed = [r for r in report.requirements if not r.ok]
-    if failed:
-        first = failed[0]
-        raise DataError(first.message, hint=first.fix)
-    invalid = [f for f in report.files if f.errors]
-    if invalid:
-        result.warnings.append(
-            f"{len(invalid)} input file(s) are invalid and were skipped; "
-            f"`ocdspy validate {d.raw_dir}` shows why"
-        )
-    result.sessions = report.total_sessions
-    lock_outputs()
-    done("validate", "ran", f"{report.total_sessions} sessions, {report.total_examples} turns", t0)
-
-    # convert: its manifest knows whether anything changed.
-    t0 = begin("convert")
-    conv = convert(
-        [d.raw_dir],
-        d.processed_dir,
-        require_success=d.require_success,
-        result_max_chars=d.result_max_chars,
-        redact=d.redact,
-        force=force,
-    )
-    result.examples = conv.manifest.examples_kept
-    done(
-        "convert",
-        "skipped" if conv.cached else "ran",
-        f"{conv.manifest.examples_kept} examples",
-        t0,
-    )
-
-    # split
-    t0 = begin("split")
-    split_fp = _fingerprint("split", conv.examples_path, d.train_split, d.seed)
-    train_path, val_path = d.splits_dir / "train.jsonl", d.splits_dir / "val.jsonl"
-    sm = None
-    if not force and state.fingerprints.get("split") == split_fp:
-        try:
-            sm = load_split(d.splits_dir).manifest  # redone unless its hashes check out
-        except DataError:
-            sm = None
-    status: Status = "skipped"
-    if sm is None:
-        sm = split(
-            conv.examples_path, d.splits_dir, train_fraction=d.train_split, seed=d.seed
-        ).manifest
-        state.fingerprints["split"] = split_fp
-        save_state()
-        status = "ran"
-    result.train_examples, result.val_examples = sm.train.examples, sm.val.examples
-    result.train_sessions, result.val_sessions = sm.train.sessions, sm.val.sessions
-    done("split", status, f"train {sm.train.examples} / val {sm.val.examples}", t0)
-
-    # optimize
-    from ocdspy.optimize import default_name, optimize
-
-    run_name = name or default_name(settings)
-    t0 = begin("optimize")
-    model_settings = settings.models.model_dump(mode="json")
-    opt_fp = _fingerprint(
-        "optimize",
-        run_name,
-        train_path,
-        val_path,
-        settings.optimization.model_dump(mode="json"),
-        model_settings,
-    )
-    program_file = Path(state.outputs.get("program", ""))
-    if not force and state.fingerprints.get("optimize") == opt_fp and program_file.is_file():
-        status = "skipped"
-        detail = f"{program_file.name} is up to date"
-    else:
-        opt = optimize(settings, name=run_name, lms=lms)
-        if opt.program_path is None:
-            raise DataError(
-                "the optimizer produced no program",
-                hint=f"see the run record in {settings.outputs.programs_dir}",
+        data = self.settings.data
+        with self.stage("convert") as outcome:
+            converted = convert(
+                [data.raw_dir],
+                data.processed_dir,
+                require_success=data.require_success,
+                result_max_chars=data.result_max_chars,
+                redact=data.redact,
+                force=self.force,
             )
-        program_file = opt.program_path
-        result.warnings += opt.warnings
-        state.fingerprints["optimize"] = opt_fp
-        state.outputs["program"] = str(program_file)
-        state.fingerprints.pop("evaluate", None)
-        save_state()
-        status = "ran"
-        detail = f"{settings.optimization.optimizer} -> {program_file.name}"
-        if opt.record is not None:
-            spent += opt.record.lm_usage
-    result.program_path = program_file
-    done("optimize", status, detail, t0)
+            self.result.examples = converted.manifest.examples_kept
+            outcome.status = "skipped" if converted.cached else "ran"
+            outcome.detail = f"{converted.manifest.examples_kept} examples"
+        return converted.examples_path
 
-    # evaluate
-    from ocdspy.evaluate import evaluate
+    def split(self, examples_path: Path) -> None:
+        from ocdspy.split import SplitManifest, load_split, split
 
-    t0 = begin("evaluate")
-    eval_fp = _fingerprint(
-        "evaluate",
-        program_file,
-        val_path,
-        settings.optimization.metric_weights.model_dump(),
-        settings.optimization.metric,
-        model_settings["target"],
-    )
-    report_file = Path(state.outputs.get("report", ""))
-    if not force and state.fingerprints.get("evaluate") == eval_fp and report_file.is_file():
-        rep = json.loads(report_file.read_text(encoding="utf-8"))
-        status = "skipped"
-    else:
-        ev = evaluate(settings, program_file, lms=lms)
-        report_file = ev.json_path
-        rep = ev.report.model_dump(mode="json")
-        state.fingerprints["evaluate"] = eval_fp
-        state.outputs["report"] = str(report_file)
-        save_state()
-        status = "ran"
-        spent += ev.report.lm_usage
-    result.report_path = report_file
-    result.baseline_score = rep["baseline"]["score"]
-    result.optimized_score = rep["optimized"]["score"]
-    result.ci_low = rep["difference"]["ci_low"]
-    result.ci_high = rep["difference"]["ci_high"]
-    done(
-        "evaluate",
-        status,
-        f"baseline {result.baseline_score:.1f} -> optimized {result.optimized_score:.1f}",
-        t0,
-    )
+        data = self.settings.data
 
-    # export: cheap, always redone so the agent matches the current program and report.
-    from ocdspy.export import export_program
+        def reuse() -> SplitManifest | None:
+            try:
+                return load_split(data.splits_dir).manifest  # redone unless its hashes check out
+            except DataError:
+                return None
 
-    t0 = begin("export")
-    exp = export_program(
-        settings,
-        program_file,
-        name=agent_name,
-        install_to=install_to,
-        set_default=set_default,
-        force=overwrite,
-    )
-    result.warnings += exp.warnings
-    result.agent_name, result.agent_path = exp.name, exp.agent_path
-    result.installed_path = exp.installed_path
-    done("export", "ran", str(exp.agent_path), t0)
-    totals = total_usage(spent)
-    result.lm_calls, result.lm_new_calls = totals.calls, totals.new_calls
-    result.lm_cost = totals.cost
-    result.seconds = round(time.perf_counter() - started, 1)
-    return result
+        def run() -> SplitManifest:
+            return split(
+                examples_path, data.splits_dir, train_fraction=data.train_split, seed=data.seed
+            ).manifest
+
+        with self.stage("split") as outcome:
+            fingerprint = _fingerprint("split", examples_path, data.train_split, data.seed)
+            manifest, outcome.status = self.cached("split", fingerprint, reuse=reuse, run=run)
+            train, val = manifest.train, manifest.val
+            self.result.train_examples, self.result.val_examples = train.examples, val.examples
+            self.result.train_sessions, self.result.val_sessions = train.sessions, val.sessions
+            outcome.detail = f"train {train.examples} / val {val.examples}"
+
+    def optimize(self, name: str | None, lms: Any) -> Path:
+        from ocdspy.optimize import default_name, optimize
+
+        settings = self.settings
+        run_name = name or default_name(settings)
+
+        def reuse() -> Path | None:
+            program_file = Path(self.state.outputs.get("program", ""))
+            return program_file if program_file.is_file() else None
+
+        def run() -> Path:
+            optimized = optimize(settings, name=run_name, lms=lms)
+            if optimized.program_path is None:
+                raise DataError(
+                    "the optimizer produced no program",
+                    hint=f"see the run record in {settings.outputs.programs_dir}",
+                )
+            self.result.warnings += optimized.warnings
+            self.state.outputs["program"] = str(optimized.program_path)
+            self.state.fingerprints.pop("evaluate", None)
+            if optimized.record is not None:
+                self.add_usage(optimized.record.lm_usage)
+            return optimized.program_path
+
+        with self.stage("optimize") as outcome:
+            fingerprint = _fingerprint(
+                "optimize",
+                run_name,
+                self.project.splits.train,
+                self.project.splits.val,
+                settings.optimization.model_dump(mode="json"),
+                settings.models.model_dump(mode="json"),
+            )
+            program_file, outcome.status = self.cached(
+                "optimize", fingerprint, reuse=reuse, run=run
+            )
+            outcome.detail = (
+                f"{program_file.name} is up to date"
+                if outcome.status == "skipped"
+                else f"{settings.optimization.optimizer} -> {program_file.name}"
+            )
+        self.result.program_path = program_file
+        return program_file
+
+    def evaluate(self, program_file: Path, lms: Any) -> None:
+        from ocdspy.evaluate import Report, evaluate
+
+        settings = self.settings
+
+        def reuse() -> tuple[Path, Report] | None:
+            report_file = Path(self.state.outputs.get("report", ""))
+            if not report_file.is_file():
+                return None
+            try:
+                return report_file, Report.load(report_file)
+            except DataError:
+                return None
+
+        def run() -> tuple[Path, Report]:
+            evaluated = evaluate(settings, program_file, lms=lms)
+            self.state.outputs["report"] = str(evaluated.json_path)
+            self.add_usage(evaluated.report.lm_usage)
+            return evaluated.json_path, evaluated.report
+
+        with self.stage("evaluate") as outcome:
+            fingerprint = _fingerprint(
+                "evaluate",
+                program_file,
+                self.project.splits.val,
+                settings.optimization.metric_weights.model_dump(),
+                settings.optimization.metric,
+                settings.models.model_dump(mode="json")["target"],
+            )
+            (report_file, report), outcome.status = self.cached(
+                "evaluate", fingerprint, reuse=reuse, run=run
+            )
+            self.result.report_path = report_file
+            self.result.baseline_score = report.baseline.score
+            self.result.optimized_score = report.optimized.score
+            self.result.ci_low = report.difference.ci_low
+            self.result.ci_high = report.difference.ci_high
+            outcome.detail = (
+                f"baseline {report.baseline.score:.1f} -> optimized {report.optimized.score:.1f}"
+            )
+
+    def export(
+        self,
+        program_file: Path,
+        *,
+        agent_name: str | None,
+        install_to: Path | None,
+        set_default: bool,
+        overwrite: bool,
+    ) -> None:
+        """Cheap, so always redone: the agent then matches the current program and report."""
+        from ocdspy.export import export_program
+
+        with self.stage("export") as outcome:
+            exported = export_program(
+                self.settings,
+                program_file,
+                name=agent_name,
+                install_to=install_to,
+                set_default=set_default,
+                force=overwrite,
+            )
+            self.result.warnings += exported.warnings
+            self.result.agent_name, self.result.agent_path = exported.name, exported.agent_path
+            self.result.installed_path = exported.installed_path
+            outcome.detail = str(exported.agent_path)

@@ -23,11 +23,8 @@ from ocdspy.artifacts import (
 )
 from ocdspy.convert import Example, load_verified_examples, parse_examples
 from ocdspy.errors import DataError
+from ocdspy.layout import MANIFEST_FILE, TRAIN_FILE, VAL_FILE
 from ocdspy.lock import data_lock_dir, project_lock
-
-TRAIN_FILE = "train.jsonl"
-VAL_FILE = "val.jsonl"
-MANIFEST_FILE = "manifest.json"
 
 
 class SideSummary(BaseModel):
