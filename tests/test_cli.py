@@ -219,7 +219,7 @@ def test_pipeline_shows_its_stages_on_a_terminal_only(
 
     def fake_run(settings: object, **options: Any) -> PipelineResult:
         for stage in stages:
-            options["on_stage"](stage)
+            options["progress"].stage(stage)
         return PipelineResult(
             stages=[StageOutcome(stage=s, status="ran", detail="d", seconds=0.5) for s in stages],
             sessions=12,

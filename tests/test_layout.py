@@ -178,7 +178,7 @@ def test_cached_stage_reuses_only_an_intact_output_of_the_same_inputs(tmp_path: 
     kept: dict[str, str | None] = {"output": "kept"}
 
     def stage(fingerprint: str, *, force: bool = False) -> tuple[str, str]:
-        run = _Run(settings, force=force, on_stage=None)
+        run = _Run(settings, force=force, progress=None)
         return run.cached(
             "split",
             fingerprint,
@@ -201,6 +201,6 @@ def test_a_broken_pipeline_state_starts_afresh(tmp_path: Path) -> None:
     state = Project(settings).pipeline_state
     state.parent.mkdir(parents=True)
     state.write_text("{nope")
-    assert _Run(settings, force=False, on_stage=None).state == PipelineState()
+    assert _Run(settings, force=False, progress=None).state == PipelineState()
     write_model_atomic(state, PipelineState(fingerprints={"split": "x"}))
-    assert _Run(settings, force=False, on_stage=None).state.fingerprints == {"split": "x"}
+    assert _Run(settings, force=False, progress=None).state.fingerprints == {"split": "x"}

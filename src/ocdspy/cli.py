@@ -817,7 +817,7 @@ def pipeline(
             set_default=set_default,
             overwrite=overwrite,
             agent_name=agent_name,
-            on_stage=bars.stage,
+            progress=bars,
         )
     if as_json:
         out.print_json(result.model_dump_json())

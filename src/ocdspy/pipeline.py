@@ -24,6 +24,7 @@ from ocdspy.config import Settings
 from ocdspy.errors import DataError
 from ocdspy.layout import Project
 from ocdspy.lm.usage import ModelUsage, total_usage
+from ocdspy.progress import Reporter, Silent, on_examples, on_trials
 
 if TYPE_CHECKING:
     from ocdspy.evaluate import Report
@@ -98,7 +99,7 @@ def run_pipeline(
     overwrite: bool = False,
     agent_name: str | None = None,
     lms: Any = None,
-    on_stage: Callable[[str], None] | None = None,
+    progress: Reporter | None = None,
 ) -> PipelineResult:
     """Run every stage; see the module docstring for what is skipped.
 
@@ -117,9 +118,8 @@ def run_pipeline(
             remove_stale_temps(settings.outputs.dir)
 
         started = time.perf_counter()
-        run = _Run(settings, force=force, on_stage=on_stage)
-        run.validate(lock_outputs)
-        examples_path = run.convert()
+        run = _Run(settings, force=force, progress=progress)
+        examples_path = run.validate_and_convert(lock_outputs)
         run.split(examples_path)
         program_file = run.optimize(name, lms)
         run.evaluate(program_file, lms)
@@ -139,13 +139,11 @@ class _Run:
     """One pipeline run: its settings, what the last run recorded (`outputs/pipeline.json`) and
     the result so far. Each stage is a method."""
 
-    def __init__(
-        self, settings: Settings, *, force: bool, on_stage: Callable[[str], None] | None
-    ) -> None:
+    def __init__(self, settings: Settings, *, force: bool, progress: Reporter | None) -> None:
         self.settings = settings
         self.project = Project(settings)
         self.force = force
-        self.on_stage = on_stage
+        self.progress: Reporter = progress or Silent()
         self.state = _load_state(self.project.pipeline_state)
         self.result = PipelineResult(optimizer=settings.optimization.optimizer)
         self.spent: list[ModelUsage] = []  # LM usage of the stages that ran, summed once
@@ -156,8 +154,7 @@ class _Run:
     def stage(self, name: str) -> Iterator[StageOutcome]:
         """Announce the stage, time it, and add its outcome (status and detail set by the
         block) to the result once it finished."""
-        if self.on_stage is not None:
-            self.on_stage(name)
+        self.progress.stage(name)
         t0 = time.perf_counter()
         outcome = StageOutcome(stage=name, status="ran")
         yield outcome
@@ -194,34 +191,15 @@ class _Run:
 
     # -- the stages
 
-    def validate(self, lock_outputs: Callable[[], None]) -> None:
-        """Always run (it is cheap); its requirements gate every later stage."""
-        from ocdspy.validate import validate
+    def validate_and_convert(self, lock_outputs: Callable[[], None]) -> Path:
+        """Convert (its manifest knows whether anything changed), then check the data
+        requirements against what it kept, so every input is parsed once. The requirements gate
+        every later stage; the outputs lock is taken only once they hold."""
+        from ocdspy.convert import convert
+        from ocdspy.validate import check_converted
 
         data = self.settings.data
         with self.stage("validate") as outcome:
-            report = validate(
-                [data.raw_dir], min_examples=data.min_examples, require_success=data.require_success
-            )
-            failed = [r for r in report.requirements if not r.ok]
-            if failed:
-                raise DataError(failed[0].message, hint=failed[0].fix)
-            invalid = [f for f in report.files if f.errors]
-            if invalid:
-                self.result.warnings.append(
-                    f"{len(invalid)} input file(s) are invalid and were skipped; "
-                    f"`ocdspy validate {data.raw_dir}` shows why"
-                )
-            self.result.sessions = report.total_sessions
-            lock_outputs()
-            outcome.detail = f"{report.total_sessions} sessions, {report.total_examples} turns"
-
-    def convert(self) -> Path:
-        """Convert keeps its own manifest, which knows whether anything changed."""
-        from ocdspy.convert import convert
-
-        data = self.settings.data
-        with self.stage("convert") as outcome:
             converted = convert(
                 [data.raw_dir],
                 data.processed_dir,
@@ -230,9 +208,24 @@ class _Run:
                 redact=data.redact,
                 force=self.force,
             )
-            self.result.examples = converted.manifest.examples_kept
+            checks = check_converted(converted, [data.raw_dir], min_examples=data.min_examples)
+            failed = [r for r in checks if not r.ok]
+            if failed:
+                raise DataError(failed[0].message, hint=failed[0].fix)
+            invalid = {p.file for p in converted.problems if p.severity == "error"}
+            if invalid:
+                self.result.warnings.append(
+                    f"{len(invalid)} input file(s) are invalid and were skipped; "
+                    f"`ocdspy validate {data.raw_dir}` shows why"
+                )
+            manifest = converted.manifest
+            self.result.sessions = manifest.sessions_read
+            lock_outputs()
+            outcome.detail = f"{manifest.sessions_read} sessions, {manifest.turns_in} turns"
+        with self.stage("convert") as outcome:
+            self.result.examples = manifest.examples_kept
             outcome.status = "skipped" if converted.cached else "ran"
-            outcome.detail = f"{converted.manifest.examples_kept} examples"
+            outcome.detail = f"{manifest.examples_kept} examples"
         return converted.examples_path
 
     def split(self, examples_path: Path) -> None:
@@ -270,7 +263,12 @@ class _Run:
             return program_file if program_file.is_file() else None
 
         def run() -> Path:
-            optimized = optimize(settings, name=run_name, lms=lms)
+            optimized = optimize(
+                settings,
+                name=run_name,
+                lms=lms,
+                on_progress=on_trials(self.progress, settings.optimization.optimizer),
+            )
             if optimized.program_path is None:
                 raise DataError(
                     "the optimizer produced no program",
@@ -318,7 +316,9 @@ class _Run:
                 return None
 
         def run() -> tuple[Path, Report]:
-            evaluated = evaluate(settings, program_file, lms=lms)
+            evaluated = evaluate(
+                settings, program_file, lms=lms, on_progress=on_examples(self.progress)
+            )
             self.state.outputs["report"] = str(evaluated.json_path)
             self.add_usage(evaluated.report.lm_usage)
             return evaluated.json_path, evaluated.report
