@@ -216,15 +216,17 @@ class Artifact(BaseModel):
     typed reader, so no stage parses an artifact as a raw dict."""
 
     @classmethod
-    def load(cls: type[M], path: Path) -> M:
+    def load(cls: type[M], path: Path, *, hint: str | None = None) -> M:
         """The artifact at `path`; a missing, unreadable or invalid file raises `DataError`
-        naming the file and the first field at fault."""
+        naming the file and the first field at fault (with `hint`: what to re-run)."""
         try:
             return cls.model_validate_json(path.read_bytes())
         except OSError as e:
-            raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+            raise DataError(f"{path}: cannot read it ({e.strerror or e})", hint=hint) from None
         except ValidationError as e:
-            raise DataError(f"{path}: not a valid {cls.__name__} ({_first_error(e)})") from None
+            raise DataError(
+                f"{path}: not a valid {cls.__name__} ({_first_error(e)})", hint=hint
+            ) from None
 
 
 def _first_error(e: ValidationError) -> str:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from ocdspy import __version__
 from ocdspy.artifacts import (
+    Artifact,
     Staged,
     file_sha256,
     kept_after_interrupt,
@@ -99,7 +100,7 @@ class ConvertSettings(BaseModel):
     redact: bool
 
 
-class ConvertManifest(BaseModel):
+class ConvertManifest(Artifact):
     producer: str = f"ocdspy {__version__}"
     stage: str = "convert"
     settings: ConvertSettings
@@ -560,13 +561,7 @@ def _convert_manifest(examples_path: Path) -> tuple[ConvertManifest, Path]:
             "cannot be checked",
             hint=f"re-run `{_RERUN}`",
         )
-    try:
-        m = ConvertManifest.model_validate_json(manifest_path.read_bytes())
-    except ValueError as e:
-        raise DataError(
-            f"{manifest_path}: not a convert manifest ({str(e).splitlines()[0]})",
-            hint=f"re-run `{_RERUN}`",
-        ) from None
+    m = ConvertManifest.load(manifest_path, hint=f"re-run `{_RERUN}`")
     if m.output != examples_path.name:
         raise DataError(
             f"{examples_path}: {manifest_path} describes {m.output}, not this file",

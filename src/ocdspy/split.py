@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from ocdspy import __version__
 from ocdspy.artifacts import (
+    Artifact,
     Staged,
     kept_after_interrupt,
     on_interrupt,
@@ -37,7 +38,7 @@ class SideSummary(BaseModel):
     session_ids: list[str]
 
 
-class SplitManifest(BaseModel):
+class SplitManifest(Artifact):
     producer: str = f"ocdspy {__version__}"
     stage: str = "split"
     input: str
@@ -212,14 +213,7 @@ def _split_manifest(splits_dir: Path) -> tuple[SplitManifest, Path]:
         missing = [n for n in (TRAIN_FILE, VAL_FILE) if not (splits_dir / n).is_file()]
         what = "split not found" if missing else "no split manifest, so the split cannot be checked"
         raise DataError(f"{manifest_path}: {what}", hint=f"run `{_RERUN}`")
-    try:
-        m = SplitManifest.model_validate_json(manifest_path.read_bytes())
-    except ValueError as e:
-        raise DataError(
-            f"{manifest_path}: not a split manifest ({str(e).splitlines()[0]})",
-            hint=f"re-run `{_RERUN}`",
-        ) from None
-    return m, manifest_path
+    return SplitManifest.load(manifest_path, hint=f"re-run `{_RERUN}`"), manifest_path
 
 
 def shared_sessions(train: list[Example], val: list[Example]) -> list[str]:
