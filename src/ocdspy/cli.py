@@ -1075,14 +1075,36 @@ def evaluate(
     resamples: Annotated[
         int, typer.Option(help="Bootstrap resamples for the confidence interval.", min=100)
     ] = 2000,
+    agent: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--agent",
+            help="Score this OpenCode agent file as it reaches the model (repeatable), "
+            "instead of a program.",
+        ),
+    ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(help="With --agent: the agent file to compare against (default: untuned)."),
+    ] = None,
+    pool: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --agent: also show the demos the ocdspy plugin picks from this pool."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Score the baseline and the optimized program on the validation split."""
+    """Score the baseline and the optimized program on the validation split, or (with --agent)
+    any OpenCode agent files against a baseline agent."""
     _quiet_dspy_bars()
     import ocdspy.evaluate
     from ocdspy.progress import on_examples
 
     settings = _settings(config)
+    if agent:
+        _evaluate_agents(settings, agent, baseline, pool, as_json)
+        return
     with _Bars() as bars:
         result = ocdspy.evaluate.evaluate(
             settings, program, resamples=resamples, on_progress=on_examples(bars)
@@ -1092,6 +1114,38 @@ def evaluate(
         out.print_json(result.report.model_dump_json(exclude={"results"}))
         return
     _print_report(result.report)
+    _line(f"report: {_rel(result.markdown_path)} (and .json)")
+
+
+def _evaluate_agents(
+    settings: Settings, agents: list[Path], baseline: Path | None, pool: Path | None, as_json: bool
+) -> None:
+    from ocdspy.agents import score_agents
+    from ocdspy.progress import on_examples
+
+    with _Bars() as bars:
+        result = score_agents(
+            settings, agents, baseline=baseline, pool=pool, on_step=on_examples(bars)
+        )
+    report = result.report
+    if as_json:
+        out.print_json(report.model_dump_json())
+        return
+    table = Table(
+        "agent",
+        "form",
+        _right("score"),
+        _right("errors"),
+        _right("difference [95% CI]"),
+        title=f"agent files on {report.steps} held-out steps ({report.model})",
+    )
+    for entry in (report.baseline, *report.agents):
+        d = entry.difference
+        diff = "baseline" if d is None else f"{d.mean:+.1f} [{d.ci_low:+.1f}, {d.ci_high:+.1f}]"
+        table.add_row(
+            _text(entry.name), entry.form, _score_cell(entry.score), f"{entry.errors}", diff
+        )
+    out.print(table)
     _line(f"report: {_rel(result.markdown_path)} (and .json)")
 
 

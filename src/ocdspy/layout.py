@@ -40,6 +40,7 @@ COLLECT_STATE_FILE = ".ocdspy-collect.json"
 LOCK_FILE = ".ocdspy.lock"
 PIPELINE_STATE_FILE = "pipeline.json"
 JSON_SUFFIX = ".json"
+AGENTS_REPORT_PREFIX = "agents-"
 RUN_SUFFIX = ".run.json"
 PARTIAL = ".partial"
 MARKDOWN_SUFFIX = ".md"
@@ -204,6 +205,10 @@ class Project:
 
     def report(self, name: str) -> ReportFiles:
         return ReportFiles(self.settings.outputs.reports_dir, name)
+
+    def agents_report(self, stem: str) -> ReportFiles:
+        """`evaluate --agent`'s report on agent files (`stem`: their names joined)."""
+        return self.report(f"{AGENTS_REPORT_PREFIX}{stem}")
 
     def report_of(self, program_file: Path) -> ReportFiles:
         """The report evaluate writes for the program at `program_file`."""
