@@ -15,7 +15,6 @@ from ocdspy.cli import app
 from ocdspy.convert import _MAIN_ARG
 from ocdspy.errors import DataError
 from ocdspy.split import load_splits
-
 from test_optimize import _dspy_env, make_settings  # noqa: F401
 
 TUNED = "TUNED-AGENT: copy the worked examples."
