@@ -177,8 +177,10 @@ def test_export_writes_a_valid_agent_and_sidecar(tmp_path: Path) -> None:
     text = res.agent_path.read_text()
     front, body = parse_agent_file(text)
     assert front == {
+        # The program's evaluate score is not the file's: without a score of this file as it
+        # reaches the model, the description says so.
         "description": "Coding agent tuned for qwen2.5-coder:7b from 42 sessions, "
-        "score 21 → 49 (ocdspy)",
+        "not scored as installed (ocdspy)",
         "mode": "primary",
         "model": "ollama/qwen2.5-coder:7b",
         "temperature": 0.0,

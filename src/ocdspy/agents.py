@@ -17,14 +17,14 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from ocdspy import __version__
-from ocdspy.artifacts import Artifact, Staged, bytes_sha256
+from ocdspy.artifacts import Artifact, Staged
 from ocdspy.config import Settings
 from ocdspy.convert import Example
 from ocdspy.display import show_path
 from ocdspy.errors import DataError
 from ocdspy.evaluate import Difference
 from ocdspy.layout import Project, ReportFiles
-from ocdspy.program.select import DemoPool, load_pool
+from ocdspy.program.select import DemoPool, load_pool, pool_sha256
 from ocdspy.shipped import LmCall, ShippedScore, ShippedStep, compare, score_agent
 
 UNTUNED = "untuned"
@@ -36,6 +36,7 @@ class AgentScore(BaseModel):
     body_sha256: str = Field(description="SHA-256 of the body the model was shown.")
     form: str = Field(description="static (the file alone) or plugin (file + demo pool).")
     pool: str | None = None
+    pool_sha256: str | None = None
     score: float
     components: dict[str, float]
     errors: int
@@ -54,6 +55,7 @@ class AgentsReport(Artifact):
     agents: list[AgentScore]
     started: str
     duration_s: float
+    json_name: str = Field("", description="This report's file name.")
 
 
 class AgentsResult(BaseModel):
@@ -101,24 +103,44 @@ def score_agents(
 ) -> AgentsResult:
     """Score each agent file (with `pool`: in the plugin form) and the baseline on the
     held-out split; write `outputs/reports/agents-NAME.json` and `.md`."""
+    demo_pool = load_pool(pool) if pool is not None else None
+    return score_forms(
+        settings,
+        [(path, demo_pool) for path in agents],
+        baseline=baseline,
+        lm_call=lm_call,
+        on_step=on_step,
+    )
+
+
+def score_forms(
+    settings: Settings,
+    forms: Sequence[tuple[Path, DemoPool | None]],
+    *,
+    baseline: Path | None = None,
+    lm_call: LmCall | None = None,
+    on_step: Callable[[str, int, int], None] | None = None,
+) -> AgentsResult:
+    """Score agent files, each alone (static form) or with a demo pool (plugin form), and the
+    baseline (default: the untuned agent) on the held-out split; write the report."""
     from ocdspy.split import load_splits
 
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
     val = load_splits(settings.data.splits_dir).val
-    demo_pool = load_pool(pool) if pool is not None else None
     call = lm_call if lm_call is not None else lm_call_for(settings)
     score = _Scorer(settings, val, call, on_step)
     base_text = read_agent(baseline) if baseline else untuned_body()
     base_result = score(base_text, None, "baseline")
     base = _agent_score(baseline, base_text, None, base_result)
     scored = []
-    for path in agents:
+    for path, demo_pool in forms:
         text = read_agent(path)
-        result = score(text, demo_pool, path.stem)
-        entry = _agent_score(path, text, pool, result)
+        result = score(text, demo_pool, f"{path.stem} ({'plugin' if demo_pool else 'static'})")
+        entry = _agent_score(path, text, demo_pool, result)
         entry.difference = compare(base_result, result)
         scored.append(entry)
+    files = Project(settings).agents_report("-".join(sorted({p.stem for p, _ in forms})))
     report = AgentsReport(
         model=f"{settings.models.target.provider}/{settings.models.target.model}",
         val_path=str(Project(settings).splits.val),
@@ -128,8 +150,8 @@ def score_agents(
         agents=scored,
         started=started.isoformat(),
         duration_s=round(time.monotonic() - t0, 3),
+        json_name=files.json_path.name,
     )
-    files = Project(settings).agents_report("-".join(a.stem for a in agents) or UNTUNED)
     _write(report, files)
     return AgentsResult(report=report, json_path=files.json_path, markdown_path=files.markdown_path)
 
@@ -168,16 +190,18 @@ class _Scorer:
 
 
 def _agent_score(
-    path: Path | None, text: str, pool: Path | None, result: ShippedScore
+    path: Path | None, text: str, pool: DemoPool | None, result: ShippedScore
 ) -> AgentScore:
+    from ocdspy.export import body_sha256
     from ocdspy.shipped import agent_body
 
     return AgentScore(
         name=path.stem if path else UNTUNED,
         path=str(path) if path else None,
-        body_sha256=bytes_sha256(agent_body(text).encode("utf-8")),
+        body_sha256=body_sha256(agent_body(text)),
         form=result.form,
-        pool=str(pool) if pool else None,
+        pool=pool.agent if pool else None,
+        pool_sha256=pool_sha256(pool) if pool else None,
         score=round(result.score, 2),
         components={k: round(v, 2) for k, v in result.components.items()},
         errors=result.errors,

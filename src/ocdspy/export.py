@@ -17,6 +17,7 @@ import re
 import shutil
 import stat
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -34,10 +35,10 @@ from ocdspy.artifacts import (
     write_text_atomic,
 )
 from ocdspy.config import Settings
-from ocdspy.convert import load_examples
+from ocdspy.convert import Example, load_examples
 from ocdspy.display import printable, show_path
 from ocdspy.errors import DataError, OcdspyError
-from ocdspy.layout import AgentFiles, Project, installed_agent, run_record_beside
+from ocdspy.layout import PLUGINS_DIR, AgentFiles, Project, installed_agent, run_record_beside
 from ocdspy.program.sanitize import (
     clean_text,
     dropped_warning,
@@ -45,9 +46,12 @@ from ocdspy.program.sanitize import (
     injection_phrase,
     split_demos,
 )
+from ocdspy.program.select import DEFAULT_INTRO, DemoPool, build_pool, pool_sha256
+from ocdspy.program.select import render_demo as select_render_demo
 from ocdspy.redact import find_secrets
 
 if TYPE_CHECKING:
+    from ocdspy.agents import AgentsReport
     from ocdspy.evaluate import Report
 
 AgentMode = Literal["primary", "subagent", "all"]
@@ -89,6 +93,18 @@ class AgentFrontMatter(BaseModel):
         return v
 
 
+class ShippedForm(BaseModel):
+    """One shipped form's score against the untuned agent, on the held-out steps."""
+
+    score: float
+    baseline: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    steps: int
+    report: str
+
+
 class ExportMeta(Artifact):
     producer: str = f"ocdspy {__version__}"
     stage: str = "export"
@@ -99,14 +115,25 @@ class ExportMeta(Artifact):
     program_sha256: str
     run_record: str | None = None
     report: str | None = None
-    baseline_score: float | None = None
+    baseline_score: float | None = Field(
+        None, description="The program's evaluate scores (DSPy's form), not the file's."
+    )
     optimized_score: float | None = None
     sessions: int | None = None
     target_model: str | None = None
     opencode_model: str | None = None
     demos: int = 0
     demos_dropped: int = Field(0, description="Demos left out: their text read as instructions.")
+    plugin: str | None = Field(None, description="The demo plugin written beside the agent.")
+    pool: str | None = Field(None, description="Its demo pool.")
+    pool_demos: int = 0
+    installed_form: str = Field("static", description="static, or plugin when one is written.")
+    shipped: dict[str, ShippedForm] = Field(
+        default_factory=dict,
+        description="Each form's score as it reaches the model (`evaluate --agent`), by form.",
+    )
     installed_to: str | None = None
+    plugin_installed_to: list[str] = Field(default_factory=list)
     backup: str | None = None
     default_agent_set_in: str | None = None
 
@@ -121,6 +148,8 @@ class ExportResult(BaseModel):
     config_backup: Path | None = None
     warnings: list[str] = Field(default_factory=list)
     demos_dropped: int = 0
+    plugin_files: list[Path] = Field(default_factory=list)
+    installed_plugin: list[Path] = Field(default_factory=list)
     front_matter: AgentFrontMatter
     program_used: str = Field("", description="Which program file, and from what kind of run.")
 
@@ -379,20 +408,51 @@ def for_opencode(instructions: str) -> str:
     return instructions
 
 
-def render_body(parts: ProgramParts, guidance: Guidance, *, demos_shown: int = DEMOS_SHOWN) -> str:
+def render_body(
+    parts: ProgramParts,
+    guidance: Guidance,
+    *,
+    demos_shown: int = DEMOS_SHOWN,
+    examples: Sequence[Example] = (),
+) -> str:
     """The agent's system prompt. Demos that read as instructions are left out (`export_agent`
-    counts them in a warning)."""
+    counts them in a warning).
+
+    A demo traced to its recorded step in `examples` (the training split) is written exactly as
+    the ocdspy plugin writes demos and as the conversation reaches a local model
+    (`select.render_demo`: `user:`, `call: TOOL {json}`, `result:` lines): a small model copies
+    what it sees in the form it meets at run time. Others fall back to a readable summary.
+    """
     sections = ["\n\n".join(clean_text(for_opencode(text)) for text in parts.instructions)]
     demos = split_demos(parts.demos)[0][:demos_shown]
     if demos:
-        sections.append(
-            "## Worked examples\n\n"
-            + "\n\n".join(render_demo(demo, i) for i, demo in enumerate(demos, 1))
-        )
+        steps = demo_steps(demos, examples)
+        rendered = [
+            select_render_demo(*step) if step else render_demo(demo, i)
+            for i, (demo, step) in enumerate(zip(demos, steps, strict=True), 1)
+        ]
+        intro = DEFAULT_INTRO + "\n\n" if any(steps) else ""
+        sections.append("## Worked examples\n\n" + intro + "\n\n".join(rendered))
     text = render_guidance(guidance)
     if text:
         sections.append("## Tool use\n\n" + text)
     return "\n\n".join(sections).strip() + "\n"
+
+
+def demo_steps(
+    demos: Sequence[dict[str, Any]], examples: Sequence[Example]
+) -> list[tuple[Example, int] | None]:
+    """Each program demo's recorded (example, step), found by its `example_id` (`ID#K`, K the
+    1-based step that `program.agent.next_action_examples` gives it), or None."""
+    by_id = {ex.id: ex for ex in examples}
+    out: list[tuple[Example, int] | None] = []
+    for demo in demos:
+        example_id, _, number = str(demo.get("example_id") or "").rpartition("#")
+        example = by_id.get(example_id)
+        step = int(number) - 1 if number.isdigit() else -1
+        found = example is not None and 0 <= step <= len(example.actions)
+        out.append((example, step) if found and example is not None else None)
+    return out
 
 
 def render_agent_file(front: AgentFrontMatter, body: str) -> str:
@@ -700,31 +760,36 @@ def export_agent(
     install_to: Path | None = None,
     set_default: bool = False,
     force: bool = False,
+    plugin: bool = True,
+    pool_k: int = 3,
+    shipped: AgentsReport | None = None,
 ) -> ExportResult:
-    """Write the agent file (and its `NAME.meta.json`) for the program at `program_path` into
-    `out_dir`; with `install_to`, copy it into an OpenCode agent folder too."""
+    """Write the agent file (+ `NAME.meta.json`) for the program into `out_dir`, and with
+    `plugin` the demo plugin and its pool into `out_dir/plugins`; `install_to` copies them where
+    OpenCode loads them. The description carries the installed form's score (plugin when one
+    is written) as `shipped` measured this very body and pool, or says it was not scored."""
     warnings: list[str] = []
     _check_one_line(provider=target_provider, model=target_model)
     agent_name = _agent_name(name, target_model, warnings)
     _check_install_options(mode, install_to, set_default)
     parts = read_program(program_path)
     report = _read_report(report_path)
-    model = opencode_model(target_provider, target_model)
-    if model is None:
-        warnings.append(
-            f"the target model ({target_provider}/{target_model}) has no OpenCode name; the agent "
-            "file leaves `model` out, so OpenCode uses the model selected there"
-        )
+    examples = _train_examples(examples_path)
+    model = _opencode_model_or_warn(target_provider, target_model, warnings)
+    dropped = split_demos(parts.demos)[1]
+    if dropped:
+        warnings.append(dropped_warning(dropped))
+    body = render_body(parts, learn_guidance(examples_path), examples=examples)
+    pool = _demo_pool(agent_name, parts, examples, pool_k) if plugin else None
+    installed_form = "plugin" if pool is not None else "static"
+    forms = _scores_or_warn(shipped, body, pool, installed_form, warnings)
     front = _front_matter(
-        description=_description(target_model, sessions, report),
+        description=_description(target_model, sessions, forms.get(installed_form)),
         mode=mode,
         model=model,
         temperature=temperature,
     )
-    dropped = split_demos(parts.demos)[1]
-    if dropped:
-        warnings.append(dropped_warning(dropped))
-    text = render_agent_file(front, render_body(parts, learn_guidance(examples_path)))
+    text = render_agent_file(front, body)
     check_agent_text(text)
     files = AgentFiles(out_dir, agent_name)
     _write_agent_file(files.agent_path, text)
@@ -735,6 +800,7 @@ def export_agent(
         front_matter=front,
         warnings=warnings,
         demos_dropped=dropped,
+        plugin_files=_write_plugin(out_dir, agent_name, pool),
     )
     if install_to is not None:
         _install(result, install_to, set_default=set_default, force=force)
@@ -745,20 +811,119 @@ def export_agent(
         program=str(program_path),
         program_sha256=bytes_sha256(program_path.read_bytes()),
         run_record=str(run_record_path) if run_record_path else None,
-        report=str(report_path) if report is not None else None,
-        baseline_score=report.baseline.score if report is not None else None,
-        optimized_score=report.optimized.score if report is not None else None,
         sessions=sessions,
         target_model=f"{target_provider}/{target_model}",
         opencode_model=model,
         demos=min(len(parts.demos) - dropped, DEMOS_SHOWN),
         demos_dropped=dropped,
-        installed_to=str(result.installed_path) if result.installed_path else None,
-        backup=str(result.backup_path) if result.backup_path else None,
-        default_agent_set_in=str(result.config_path) if result.config_path else None,
+        installed_form=installed_form,
+        shipped=forms,
     )
+    _complete_meta(meta, result, report_path, report, pool)
     write_model_atomic(result.meta_path, meta)
     return result
+
+
+def _complete_meta(
+    meta: ExportMeta,
+    result: ExportResult,
+    report_path: Path | None,
+    report: Report | None,
+    pool: DemoPool | None,
+) -> None:
+    """What the sidecar records besides the agent itself: the program's report, the plugin,
+    and where things were installed."""
+    if report is not None:
+        meta.report = str(report_path)
+        meta.baseline_score, meta.optimized_score = report.baseline.score, report.optimized.score
+    if result.plugin_files:
+        meta.plugin, meta.pool = (str(p) for p in result.plugin_files[:2])
+        meta.pool_demos = len(pool.demos) if pool is not None else 0
+    meta.installed_to = str(result.installed_path) if result.installed_path else None
+    meta.plugin_installed_to = [str(p) for p in result.installed_plugin]
+    meta.backup = str(result.backup_path) if result.backup_path else None
+    meta.default_agent_set_in = str(result.config_path) if result.config_path else None
+
+
+def _opencode_model_or_warn(provider: str, model: str, warnings: list[str]) -> str | None:
+    name = opencode_model(provider, model)
+    if name is None:
+        warnings.append(
+            f"the target model ({provider}/{model}) has no OpenCode name; the agent file leaves "
+            "`model` out, so OpenCode uses the model selected there"
+        )
+    return name
+
+
+def _scores_or_warn(
+    shipped: AgentsReport | None,
+    body: str,
+    pool: DemoPool | None,
+    installed_form: str,
+    warnings: list[str],
+) -> dict[str, ShippedForm]:
+    forms = shipped_forms(shipped, body, pool)
+    if installed_form not in forms:
+        warnings.append(
+            f"the {installed_form} form of this agent has not been scored as it reaches the "
+            "model; `ocdspy pipeline` does, or `ocdspy evaluate --agent`"
+        )
+    return forms
+
+
+def _train_examples(examples_path: Path | None) -> list[Example]:
+    if examples_path is None or not examples_path.is_file():
+        return []
+    return load_examples(examples_path)
+
+
+def _demo_pool(
+    agent: str, parts: ProgramParts, examples: Sequence[Example], k: int
+) -> DemoPool | None:
+    """The plugin's pool: every program demo traced to its recorded step (redacted, sanitized,
+    injections dropped by `build_pool`), or None when there is nothing to choose from."""
+    steps = [step for step in demo_steps(parts.demos, examples) if step is not None]
+    pool = build_pool(agent, steps, k=max(1, k)) if steps else None
+    return pool if pool is not None and len(pool.demos) > 0 else None
+
+
+def _write_plugin(out_dir: Path, agent: str, pool: DemoPool | None) -> list[Path]:
+    if pool is None:
+        return []
+    from ocdspy.plugin import write_plugin
+
+    return write_plugin(out_dir / PLUGINS_DIR, agent, pool)
+
+
+def body_sha256(body: str) -> str:
+    """The identity of an agent body as OpenCode uses it (it trims the body)."""
+    return bytes_sha256(body.strip().encode("utf-8"))
+
+
+def shipped_forms(
+    report: AgentsReport | None, body: str, pool: DemoPool | None
+) -> dict[str, ShippedForm]:
+    """The scores `report` holds for exactly this body (static) and this body with this pool
+    (plugin), by form. A score of another body or pool says nothing about this file."""
+    if report is None:
+        return {}
+    body_sha = body_sha256(body)
+    pool_sha = pool_sha256(pool) if pool is not None else None
+    forms: dict[str, ShippedForm] = {}
+    for entry in report.agents:
+        same_pool = entry.form == "static" or entry.pool_sha256 == pool_sha
+        if entry.body_sha256 != body_sha or not same_pool or entry.difference is None:
+            continue
+        forms[entry.form] = ShippedForm(
+            score=entry.score,
+            baseline=report.baseline.score,
+            difference=round(entry.difference.mean, 2),
+            ci_low=round(entry.difference.ci_low, 2),
+            ci_high=round(entry.difference.ci_high, 2),
+            steps=entry.steps,
+            report=report.json_name,
+        )
+    return forms
 
 
 def _agent_name(name: str | None, target_model: str, warnings: list[str]) -> str:
@@ -782,8 +947,8 @@ def _check_install_options(mode: AgentMode, install_to: Path | None, set_default
 
 
 def _read_report(report_path: Path | None) -> Report | None:
-    """The program's evaluation report, when there is one (its scores go into the agent's
-    description)."""
+    """The program's evaluation report, when there is one (its scores go into the sidecar as
+    the program's; the agent file's own score is `shipped`'s)."""
     from ocdspy.evaluate import Report
 
     if report_path is None or not report_path.is_file():
@@ -791,10 +956,12 @@ def _read_report(report_path: Path | None) -> Report | None:
     return Report.load(report_path)
 
 
-def _description(target_model: str, sessions: int | None, report: Report | None) -> str:
+def _description(target_model: str, sessions: int | None, form: ShippedForm | None) -> str:
     what = f"tuned for {target_model}" + (f" from {sessions} sessions" if sessions else "")
-    if report is not None:
-        what += f", score {report.baseline.score:.0f} → {report.optimized.score:.0f}"
+    if form is not None:
+        what += f", score {form.baseline:.0f} → {form.score:.0f} as installed"
+    else:
+        what += ", not scored as installed"
     return f"Coding agent {what} (ocdspy)"
 
 
@@ -836,6 +1003,8 @@ def _install(result: ExportResult, install_to: Path, *, set_default: bool, force
     config is checked before the agent is copied; if writing it fails, the copy is undone."""
     edit = plan_default_agent(install_to.expanduser().parent, result.name) if set_default else None
     installed, backup = install_agent(result.agent_path, install_to, result.name, force=force)
+    if result.plugin_files:
+        result.installed_plugin = _install_plugin(result.plugin_files, install_to, force=force)
     if edit is not None:
         try:
             result.config_backup = apply_config_edit(edit)
@@ -844,6 +1013,34 @@ def _install(result: ExportResult, install_to: Path, *, set_default: bool, force
             raise OcdspyError(f"{e.message}; the agent was not installed either") from None
         result.config_path = edit.path
     result.installed_path, result.backup_path = installed, backup
+
+
+def _install_plugin(files: Sequence[Path], install_to: Path, *, force: bool) -> list[Path]:
+    """Copy the plugin and its pool into `plugins/` beside the agent folder, where OpenCode
+    loads plugins. Another file of the same name is kept as a backup, as for the agent."""
+    target = install_to.expanduser().parent / PLUGINS_DIR
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OcdspyError(
+            f"{show_path(target)}: cannot create the plugin folder ({e.strerror or e})"
+        ) from None
+    copied = []
+    for source in files:
+        dest = target / source.name
+        if dest.exists() and dest.read_bytes() != source.read_bytes():
+            if not force:
+                raise OcdspyError(
+                    f"{show_path(dest)}: a different plugin file is already installed",
+                    hint="pass --force to replace it (a timestamped backup is kept)",
+                )
+            _backup(dest)
+        try:
+            shutil.copy2(source, dest)
+        except OSError as e:
+            raise OcdspyError(f"{show_path(dest)}: cannot install ({e.strerror or e})") from None
+        copied.append(dest)
+    return copied
 
 
 def export_program(

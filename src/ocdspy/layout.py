@@ -41,6 +41,9 @@ LOCK_FILE = ".ocdspy.lock"
 PIPELINE_STATE_FILE = "pipeline.json"
 JSON_SUFFIX = ".json"
 AGENTS_REPORT_PREFIX = "agents-"
+# Where OpenCode loads plugins, beside its `agents/` folder; export writes the demo plugin there
+# under outputs/prompts too.
+PLUGINS_DIR = "plugins"
 RUN_SUFFIX = ".run.json"
 PARTIAL = ".partial"
 MARKDOWN_SUFFIX = ".md"

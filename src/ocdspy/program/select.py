@@ -367,6 +367,13 @@ def _step_injection(example: Example, step: int) -> str | None:
     return demo_injection(shown)
 
 
+def pool_sha256(pool: DemoPool) -> str:
+    """The identity of a pool's content (what a score of the plugin form was measured with)."""
+    import hashlib
+
+    return hashlib.sha256(pool.model_dump_json().encode("utf-8")).hexdigest()
+
+
 def load_pool(path: Path) -> DemoPool:
     """Read a pool file; a bad one raises DataError naming the file and the field."""
     try:
