@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ocdspy import agents as agents_mod
-from ocdspy.agents import score_agents, untuned_body
+from ocdspy.agents import score_agents, score_forms, untuned_body
 from ocdspy.cli import app
 from ocdspy.convert import _MAIN_ARG
 from ocdspy.errors import DataError
@@ -93,3 +93,21 @@ def test_cli_evaluate_agent_prints_each_agent_and_the_report(
     assert r.exit_code == 0, r.stdout + r.stderr
     assert "mine" in r.stdout and "tuned" in r.stdout and "baseline" in r.stdout
     assert "agents-tuned.md" in r.stdout
+
+
+def test_a_score_of_another_body_or_pool_is_not_this_files_score(tmp_path: Path) -> None:
+    """export's description may only quote a score measured on exactly its body (static) or
+    its body and pool (plugin)."""
+    from ocdspy.export import shipped_forms
+    from ocdspy.program.select import DemoPool
+
+    settings = make_settings(tmp_path)
+    agent = agent_file(tmp_path / "tuned.md", f"{TUNED}\n")
+    pool = DemoPool(agent="tuned", demos=[])
+    report = score_forms(settings, [(agent, None), (agent, pool)], lm_call=oracle(settings))
+    body = f"{TUNED}\n"
+    assert set(shipped_forms(report.report, body, pool)) == {"static", "plugin"}
+    assert set(shipped_forms(report.report, body, None)) == {"static"}
+    other_pool = DemoPool(agent="tuned", k=2, demos=[])
+    assert set(shipped_forms(report.report, body, other_pool)) == {"static"}
+    assert shipped_forms(report.report, "Another body.\n", pool) == {}

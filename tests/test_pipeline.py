@@ -34,18 +34,50 @@ def lms(engine: SchemaEngine) -> LMs:
     return LMs(target=lm, teacher=lm)
 
 
+class Shipped:
+    """The target model as the shipped-form scoring calls it: it reads the first demo's call
+    when the prompt shows one, else answers; it counts the requests."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.systems: list[str] = []
+
+    def __call__(self, request: dict[str, object]) -> str:
+        self.requests += 1
+        messages = request["messages"]
+        assert isinstance(messages, list)
+        system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+        self.systems.append(system)
+        return 'call: read {"filePath": "invoice.py"}' if "<example>" in system else "answer: ok"
+
+
 def test_pipeline_runs_every_stage_then_skips_what_is_current(project: Path) -> None:
     settings = load_settings(project / "config.yaml", environ={}).settings
     agents = project / "home" / ".config" / "opencode" / "agents"
     engine = SchemaEngine()
-    first = run_pipeline(settings, lms=lms(engine), install_to=agents)
+    shipped = Shipped()
+    first = run_pipeline(settings, lms=lms(engine), lm_call=shipped, install_to=agents)
     assert [(s.stage, s.status) for s in first.stages] == [
         ("validate", "ran"),
         ("convert", "ran"),
         ("split", "ran"),
         ("optimize", "ran"),
         ("evaluate", "ran"),
+        ("score", "ran"),
         ("export", "ran"),
+    ]
+    # What ships is what was scored: the installed agent's description carries the score of
+    # its installed form, measured on exactly its body (and the plugin's pool).
+    assert first.installed_form == "plugin" and set(first.shipped) == {"static", "plugin"}
+    text = first.agent_path.read_text()  # type: ignore[union-attr]
+    plugin = first.shipped["plugin"]
+    assert f"score {plugin.baseline:.0f} → {plugin.score:.0f} as installed" in text
+    body = text.split("---", 2)[2].strip()
+    assert any(body in system for system in shipped.systems)
+    installed_plugins = sorted(p.name for p in (agents.parent / "plugins").iterdir())
+    assert installed_plugins == [
+        f"ocdspy-{first.agent_name}.js",
+        f"ocdspy-{first.agent_name}.pool.json",
     ]
     assert first.examples == 13 and first.train_examples + first.val_examples == 13
     assert first.baseline_score is not None and first.optimized_score is not None
@@ -55,22 +87,27 @@ def test_pipeline_runs_every_stage_then_skips_what_is_current(project: Path) -> 
     assert report["optimized"]["score"] == first.optimized_score
     calls = engine.calls
 
-    again = run_pipeline(settings, lms=lms(SchemaEngine()), install_to=agents, overwrite=True)
+    requests = shipped.requests
+    again = run_pipeline(
+        settings, lms=lms(SchemaEngine()), lm_call=shipped, install_to=agents, overwrite=True
+    )
     assert [(s.stage, s.status) for s in again.stages] == [
         ("validate", "ran"),
         ("convert", "skipped"),
         ("split", "skipped"),
         ("optimize", "skipped"),
         ("evaluate", "skipped"),
+        ("score", "skipped"),
         ("export", "ran"),
     ]
+    assert shipped.requests == requests and again.shipped == first.shipped
     assert again.lm_calls == 0 and calls > 0
     assert list(agents.glob("*.bak"))  # the installed agent was replaced with a backup
 
     # A changed setting redoes what depends on it, and only that.
     settings.data.seed = 5
-    third = run_pipeline(settings, lms=lms(SchemaEngine()))
-    assert [s.status for s in third.stages][1:5] == ["skipped", "ran", "ran", "ran"]
+    third = run_pipeline(settings, lms=lms(SchemaEngine()), lm_call=shipped)
+    assert [s.status for s in third.stages][1:6] == ["skipped", "ran", "ran", "ran", "ran"]
 
 
 def test_pipeline_stops_on_unmet_data_requirements(project: Path) -> None:
@@ -79,5 +116,5 @@ def test_pipeline_stops_on_unmet_data_requirements(project: Path) -> None:
     from ocdspy.errors import DataError
 
     with pytest.raises(DataError, match="Not enough examples"):
-        run_pipeline(settings, lms=lms(SchemaEngine()))
+        run_pipeline(settings, lms=lms(SchemaEngine()), lm_call=Shipped())
     assert not (project / "outputs").exists()

@@ -726,9 +726,17 @@ def export(
         ),
     ] = False,
     force: Annotated[bool, _force("Replace an installed agent of that name (backed up).")] = False,
+    plugin: Annotated[
+        bool,
+        typer.Option(
+            help="Also write the ocdspy demo plugin and its pool (per-step demos in OpenCode); "
+            "--install-to puts them into plugins/ beside the agent folder.",
+        ),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write the optimized program as an OpenCode agent file, and optionally install it."""
+    """Write the optimized program as an OpenCode agent file (and its demo plugin), and
+    optionally install them."""
     import ocdspy.export
     from ocdspy.evaluate import resolve_program
 
@@ -743,6 +751,7 @@ def export(
         install_to=install_to,
         set_default=set_default,
         force=force,
+        plugin=plugin,
     )
     _say_program(result.program_used)
     _warn_all(result.warnings)
@@ -758,8 +767,19 @@ def _print_export(result: ExportResult) -> None:
         f"{result.front_matter.mode})"
     )
     _line(f"provenance: {_rel(str(result.meta_path))}")
+    if result.plugin_files:
+        _line(f"[green]wrote[/] demo plugin {_rel(str(result.plugin_files[0]))} (and its pool)")
+    shipped = result.shipped.get(result.installed_form)
+    if shipped is not None:
+        _line(
+            f"score as it reaches the model ({result.installed_form} form): untuned "
+            f"{shipped.baseline:.1f} -> {shipped.score:.1f} ({shipped.difference:+.1f}, 95% CI "
+            f"{shipped.ci_low:+.1f} to {shipped.ci_high:+.1f})"
+        )
     if result.installed_path:
         _line(f"[green]installed[/] {_rel(result.installed_path)}")
+    for path in result.installed_plugin:
+        _line(f"[green]installed[/] {_rel(path)}")
         if result.backup_path:
             _line(f"  previous version kept as {_rel(result.backup_path)}")
     if result.config_path:
@@ -847,9 +867,16 @@ def _print_pipeline(result: PipelineResult, shown: set[str]) -> None:
             else ""
         )
         _line(
-            f"score on held-out sessions ({result.optimizer}): baseline "
+            f"program score on held-out sessions ({result.optimizer}): baseline "
             f"{result.baseline_score:.1f} -> optimized {result.optimized_score:.1f} "
             f"({gain:+.1f}{ci})"
+        )
+    for form, shipped in result.shipped.items():
+        installed = " (installed)" if form == result.installed_form else ""
+        _line(
+            f"agent file as it reaches the model, {form} form{installed}: untuned "
+            f"{shipped.baseline:.1f} -> {shipped.score:.1f} ({shipped.difference:+.1f}, 95% CI "
+            f"{shipped.ci_low:+.1f} to {shipped.ci_high:+.1f})"
         )
     cost = f", cost ${result.lm_cost:.4f}" if result.lm_cost else ""
     out.print(f"LM calls this run: {result.lm_calls} ({result.lm_new_calls} not from cache){cost}")

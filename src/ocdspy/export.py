@@ -150,6 +150,8 @@ class ExportResult(BaseModel):
     demos_dropped: int = 0
     plugin_files: list[Path] = Field(default_factory=list)
     installed_plugin: list[Path] = Field(default_factory=list)
+    installed_form: str = "static"
+    shipped: dict[str, ShippedForm] = Field(default_factory=dict)
     front_matter: AgentFrontMatter
     program_used: str = Field("", description="Which program file, and from what kind of run.")
 
@@ -801,6 +803,8 @@ def export_agent(
         warnings=warnings,
         demos_dropped=dropped,
         plugin_files=_write_plugin(out_dir, agent_name, pool),
+        installed_form=installed_form,
+        shipped=forms,
     )
     if install_to is not None:
         _install(result, install_to, set_default=set_default, force=force)
@@ -1052,6 +1056,8 @@ def export_program(
     install_to: Path | None = None,
     set_default: bool = False,
     force: bool = False,
+    plugin: bool = True,
+    shipped: AgentsReport | None = None,
 ) -> ExportResult:
     """`export_agent` with everything else found where the other stages put it: the target
     model, the training split (for tool-use habits and the session count), the program's
@@ -1084,6 +1090,24 @@ def export_program(
             install_to=install_to,
             set_default=set_default,
             force=force,
+            plugin=plugin,
+            pool_k=settings.optimization.demos_shown,
+            shipped=shipped if shipped is not None else _saved_scores(settings, name),
         )
     result.program_used = describe_program(program_path, record)
     return result
+
+
+def _saved_scores(settings: Settings, name: str | None) -> AgentsReport | None:
+    """The last `evaluate --agent` scores of this agent, if any (`shipped_forms` then uses
+    them only if they were measured on exactly the body and pool being written)."""
+    from ocdspy.agents import AgentsReport
+
+    agent = sanitize_name(name) if name else default_agent_name(settings.models.target.model)
+    path = Project(settings).agents_report(agent).json_path
+    if not path.is_file():
+        return None
+    try:
+        return AgentsReport.load(path)
+    except DataError:
+        return None

@@ -1,4 +1,5 @@
-"""pipeline: validate -> convert -> split -> optimize -> evaluate -> export, with one config.
+"""pipeline: validate -> convert -> split -> optimize -> evaluate -> score -> export, with one
+config. `score` measures what export writes as it reaches the model (`ocdspy.agents`).
 
 Each stage is skipped when its inputs and settings did not change since it last ran: convert
 keeps its own manifest; for the others a fingerprint (hashes of the input files plus the
@@ -22,12 +23,15 @@ from ocdspy import __version__
 from ocdspy.artifacts import Artifact, file_sha256, remove_stale_temps, write_model_atomic
 from ocdspy.config import Settings
 from ocdspy.errors import DataError
+from ocdspy.export import ShippedForm
 from ocdspy.layout import Project
 from ocdspy.lm.usage import ModelUsage, total_usage
 from ocdspy.progress import Reporter, Silent, on_examples, on_trials
 
 if TYPE_CHECKING:
+    from ocdspy.agents import AgentsReport
     from ocdspy.evaluate import Report
+    from ocdspy.program.select import DemoPool
 
 Status = Literal["ran", "skipped"]
 T = TypeVar("T")
@@ -67,8 +71,19 @@ class PipelineResult(BaseModel):
     agent_name: str | None = None
     agent_path: Path | None = None
     installed_path: Path | None = None
+    installed_form: str | None = None
+    shipped: dict[str, ShippedForm] = Field(
+        default_factory=dict,
+        description="By form (static, plugin): the agent's score as it reaches the model.",
+    )
     warnings: list[str] = Field(default_factory=list)
     seconds: float = 0.0
+
+
+def _agent_body_sha(agent_path: Path) -> str:
+    from ocdspy.export import body_sha256, parse_agent_file
+
+    return body_sha256(parse_agent_file(agent_path.read_text(encoding="utf-8"))[1])
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -99,9 +114,13 @@ def run_pipeline(
     overwrite: bool = False,
     agent_name: str | None = None,
     lms: Any = None,
+    lm_call: Any = None,
     progress: Reporter | None = None,
 ) -> PipelineResult:
     """Run every stage; see the module docstring for what is skipped.
+
+    `lms` are the DSPy models optimize and evaluate use, `lm_call` the target model as the
+    shipped-form scoring calls it (`ocdspy.agents.lm_call_for` by default).
 
     `force` redoes every stage; `overwrite` lets export replace an installed agent (backed up).
     Holds the data lock and then the outputs lock (`ocdspy.lock`) for the whole run.
@@ -123,12 +142,14 @@ def run_pipeline(
         run.split(examples_path)
         program_file = run.optimize(name, lms)
         run.evaluate(program_file, lms)
+        shipped = run.score_shipped(program_file, agent_name, lm_call)
         run.export(
             program_file,
             agent_name=agent_name,
             install_to=install_to,
             set_default=set_default,
             overwrite=overwrite,
+            shipped=shipped,
         )
         run.sum_usage()
         run.result.seconds = round(time.perf_counter() - started, 1)
@@ -344,6 +365,52 @@ class _Run:
                 f"baseline {report.baseline.score:.1f} -> optimized {report.optimized.score:.1f}"
             )
 
+    def score_shipped(
+        self, program_file: Path, agent_name: str | None, lm_call: Any
+    ) -> AgentsReport:
+        """Score what export will write, as it reaches the model: the agent file alone (static
+        form) and with its demo plugin (plugin form), against the untuned agent. The files are
+        written to outputs/prompts first; export then rewrites them with the scores. Skipped
+        when the body, the pool, the held-out split and the target model are unchanged."""
+        from ocdspy.agents import AgentsReport, score_forms
+        from ocdspy.export import export_program
+        from ocdspy.program.select import load_pool
+
+        settings = self.settings
+        draft = export_program(settings, program_file, name=agent_name)
+        forms: list[tuple[Path, DemoPool | None]] = [(draft.agent_path, None)]
+        if len(draft.plugin_files) > 1:
+            forms.append((draft.agent_path, load_pool(draft.plugin_files[1])))
+        report_file = self.project.agents_report(draft.name).json_path
+
+        def reuse() -> AgentsReport | None:
+            try:
+                return AgentsReport.load(report_file) if report_file.is_file() else None
+            except DataError:
+                return None
+
+        def run() -> AgentsReport:
+            scored = score_forms(
+                settings, forms, lm_call=lm_call, on_step=on_examples(self.progress)
+            )
+            return scored.report
+
+        with self.stage("score") as outcome:
+            fingerprint = _fingerprint(
+                "score",
+                _agent_body_sha(draft.agent_path),
+                *draft.plugin_files[1:],
+                self.project.splits.val,
+                settings.optimization.metric_weights.model_dump(),
+                settings.models.model_dump(mode="json")["target"],
+            )
+            report, outcome.status = self.cached("score", fingerprint, reuse=reuse, run=run)
+            outcome.detail = (
+                ", ".join(f"{entry.form} {entry.score:.1f}" for entry in report.agents)
+                + f" (untuned {report.baseline.score:.1f})"
+            )
+        return report
+
     def export(
         self,
         program_file: Path,
@@ -352,6 +419,7 @@ class _Run:
         install_to: Path | None,
         set_default: bool,
         overwrite: bool,
+        shipped: AgentsReport | None = None,
     ) -> None:
         """Cheap, so always redone: the agent then matches the current program and report."""
         from ocdspy.export import export_program
@@ -364,8 +432,11 @@ class _Run:
                 install_to=install_to,
                 set_default=set_default,
                 force=overwrite,
+                shipped=shipped,
             )
             self.result.warnings += exported.warnings
             self.result.agent_name, self.result.agent_path = exported.name, exported.agent_path
             self.result.installed_path = exported.installed_path
+            self.result.installed_form = exported.installed_form
+            self.result.shipped = exported.shipped
             outcome.detail = str(exported.agent_path)
