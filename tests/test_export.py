@@ -518,3 +518,20 @@ def test_demo_text_is_sanitized(tmp_path: Path) -> None:
         assert bad not in body, bad
     assert "Fix it" in body and "a.py" in body
     assert parse_agent_file(text)[0]["mode"] == "primary"
+
+
+@pytest.mark.parametrize(
+    ("line", "command"),
+    [
+        ("cd /home/dev/inventory-app && python3 -m pytest -q", "python3 -m pytest -q"),
+        ('cd "/a b"; cd sub && npm test | tail -5', "npm test"),
+        ("PYTHONPATH=src pytest -q tests/x.py", "pytest -q tests/x.py"),
+        ("git status && git diff", "git status"),
+        ("cd /x", None),
+    ],
+)
+def test_guidance_learns_the_command_not_the_cd_before_it(line: str, command: str | None) -> None:
+    """Issue 8: a leading `cd DIR &&` is not a command; the project's test command is."""
+    from ocdspy.export import shell_command
+
+    assert shell_command(line) == command

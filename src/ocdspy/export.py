@@ -39,6 +39,7 @@ from ocdspy.convert import Example, load_examples
 from ocdspy.display import printable, show_path
 from ocdspy.errors import DataError, OcdspyError
 from ocdspy.layout import PLUGINS_DIR, AgentFiles, Project, installed_agent, run_record_beside
+from ocdspy.program.render import clip
 from ocdspy.program.sanitize import (
     clean_text,
     dropped_warning,
@@ -48,7 +49,7 @@ from ocdspy.program.sanitize import (
 )
 from ocdspy.program.select import DEFAULT_INTRO, DemoPool, build_pool, pool_sha256
 from ocdspy.program.select import render_demo as select_render_demo
-from ocdspy.redact import find_secrets
+from ocdspy.redact import find_secrets, redact_text
 
 if TYPE_CHECKING:
     from ocdspy.agents import AgentsReport
@@ -308,6 +309,26 @@ class Guidance(BaseModel):
     check_after_edit: tuple[int, int] = (0, 0)
 
 
+_CD_PREFIX = re.compile(r"^\s*cd\s+(?:\"[^\"]*\"|'[^']*'|\S+)\s*(?:&&|;)\s*")
+_ENV_PREFIX = re.compile(r"^\s*(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)+")
+_NEXT_COMMAND = re.compile(r"\s*(?:&&|\|\||;|\||\n)")
+
+
+def shell_command(line: str) -> str | None:
+    """The command a bash call runs, as a project habit: `cd DIR && python3 -m pytest -q`
+    is `python3 -m pytest -q` (a leading `cd DIR &&` is where, not what), environment
+    assignments go, and only the first command of a chain counts. None for a bare `cd`."""
+    text = line
+    while (match := _CD_PREFIX.match(text)) is not None:
+        text = text[match.end() :]
+    text = _ENV_PREFIX.sub("", text)
+    first = _NEXT_COMMAND.split(text, maxsplit=1)[0]
+    command = " ".join(first.split())
+    if not command or command.split()[0] == "cd":
+        return None
+    return clip(redact_text(command), 80)
+
+
 def learn_guidance(examples_path: Path | None) -> Guidance:
     """Tool-use habits of the recorded successful turns the program was optimized on."""
     guidance = Guidance()
@@ -331,8 +352,9 @@ def learn_guidance(examples_path: Path | None) -> Guidance:
         for action in actions:
             tool, target = action.tool, action.target
             tools[tool] += 1
-            if tool == "bash" and target:
-                commands[" ".join(target.split()[:2])] += 1
+            command = shell_command(target) if tool == "bash" else None
+            if command:
+                commands[command] += 1
             if tool == "read":
                 read.add(target)
             if tool in ("edit", "multiedit"):
