@@ -558,12 +558,7 @@ def install_agent(
             f"agent name '{printable(name)}' is not allowed: use lowercase letters, digits and "
             "dashes"
         )
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OcdspyError(
-            f"{show_path(directory)}: cannot create the agent folder ({e.strerror or e})"
-        ) from None
+    _make_folder(directory, "agent")
     target = installed_agent(directory, name).resolve()
     if target.parent != directory.resolve():
         raise OcdspyError(f"agent name {name!r} would be written outside {show_path(directory)}")
@@ -1041,16 +1036,20 @@ def _install(result: ExportResult, install_to: Path, *, set_default: bool, force
     result.installed_path, result.backup_path = installed, backup
 
 
+def _make_folder(directory: Path, what: str) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OcdspyError(
+            f"{show_path(directory)}: cannot create the {what} folder ({e.strerror or e})"
+        ) from None
+
+
 def _install_plugin(files: Sequence[Path], install_to: Path, *, force: bool) -> list[Path]:
     """Copy the plugin and its pool into `plugins/` beside the agent folder, where OpenCode
     loads plugins. Another file of the same name is kept as a backup, as for the agent."""
     target = install_to.expanduser().parent / PLUGINS_DIR
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OcdspyError(
-            f"{show_path(target)}: cannot create the plugin folder ({e.strerror or e})"
-        ) from None
+    _make_folder(target, "plugin")
     copied = []
     for source in files:
         dest = target / source.name
