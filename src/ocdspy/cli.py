@@ -73,6 +73,15 @@ ProgramArg = Annotated[
     typer.Argument(help="Program name or path (default: the newest in outputs/programs)."),
 ]
 AgentNameOpt = Annotated[str | None, typer.Option(help="Agent name (default: <model>-optimized).")]
+TrackOpt = Annotated[
+    bool,
+    typer.Option("--track", help='Log the run to MLflow (pip install "ocdspy[track]").'),
+]
+
+
+def _track(track: bool) -> bool | None:
+    """tracking.enabled from --track: on when given, else the config decides."""
+    return True if track else None
 
 
 def _force(help: str) -> Any:
@@ -800,13 +809,16 @@ def pipeline(
         typer.Option("--overwrite", help="Replace an installed agent of that name (backed up)."),
     ] = False,
     force: Annotated[bool, _force("Redo every stage.")] = False,
+    track: TrackOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run validate → convert → split → optimize → evaluate → export, skipping what is current."""
     _quiet_dspy_bars()
     import ocdspy.pipeline
 
-    settings = _settings(config, {"optimization.optimizer": optimizer})
+    settings = _settings(
+        config, {"optimization.optimizer": optimizer, "tracking.enabled": _track(track)}
+    )
     shown = _warn_teacher(settings)
     with _Bars() as bars:
         result = ocdspy.pipeline.run_pipeline(
@@ -924,6 +936,7 @@ def optimize(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the planned LM calls and cost, then stop.")
     ] = False,
+    track: TrackOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Optimize the agent program on the training split; save it and a run record."""
@@ -931,6 +944,7 @@ def optimize(
     settings = _settings(
         config,
         {
+            "tracking.enabled": _track(track),
             "optimization.optimizer": optimizer,
             "optimization.num_trials": trials,
             "optimization.program": program,
@@ -1075,6 +1089,7 @@ def evaluate(
     resamples: Annotated[
         int, typer.Option(help="Bootstrap resamples for the confidence interval.", min=100)
     ] = 2000,
+    track: TrackOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Score the baseline and the optimized program on the validation split."""
@@ -1082,7 +1097,7 @@ def evaluate(
     import ocdspy.evaluate
     from ocdspy.progress import on_examples
 
-    settings = _settings(config)
+    settings = _settings(config, {"tracking.enabled": _track(track)})
     with _Bars() as bars:
         result = ocdspy.evaluate.evaluate(
             settings, program, resamples=resamples, on_progress=on_examples(bars)
