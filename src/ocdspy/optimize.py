@@ -588,15 +588,16 @@ def _run_optimizer(
     configured = resolve_metric(settings)
     lms = lms if lms is not None else runtime.build_lms(settings)
     tracker = TrialTracker(on_progress, planned=prepared.plan.metric_calls)
-    optimizer, compile_kwargs = build_optimizer(
-        settings,
-        tracker.wrap(configured.metric),
-        lms,
-        n_fit=len(prepared.fit),
-        n_sel=len(prepared.selection),
-        log_dir=Project(settings).optimizer_logs(prepared.name) if spec.keeps_logs else None,
-        gepa_metric=tracker.wrap(configured.gepa),
-    )
+    with runtime.quiet():  # random search print()s its plan from its constructor
+        optimizer, compile_kwargs = build_optimizer(
+            settings,
+            tracker.wrap(configured.metric),
+            lms,
+            n_fit=len(prepared.fit),
+            n_sel=len(prepared.selection),
+            log_dir=Project(settings).optimizer_logs(prepared.name) if spec.keeps_logs else None,
+            gepa_metric=tracker.wrap(configured.gepa),
+        )
     if spec.needs_selection_set:
         compile_kwargs["valset"] = prepared.selection
 
