@@ -52,8 +52,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     experiment of its own."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    mlflow.MlflowClient(uri).search_experiments()
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    # MLflow's Default experiment keeps its files in ./mlruns of the folder it was created in.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        mlflow.MlflowClient(uri).search_experiments()
     return uri
 
 
@@ -78,6 +82,11 @@ def runs(settings: Settings) -> list[Any]:
     store = client(settings)
     experiment = store.get_experiment_by_name(tracking.experiment_name(settings))
     return sorted(store.search_runs([experiment.experiment_id]), key=lambda r: r.info.start_time)
+
+
+def top_runs(settings: Settings) -> list[Any]:
+    """The runs ocdspy started, without the child runs DSPy's integration adds."""
+    return [r for r in runs(settings) if tracking.STAGE_TAG in r.data.tags]
 
 
 def history(settings: Settings, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -176,8 +185,7 @@ def test_track_flag_without_the_extra_fails_before_any_model_call(
     result = CliRunner().invoke(app, command, catch_exceptions=False)
     assert result.exit_code == 1
     assert result.stderr.strip() == 'error: tracking needs MLflow: pip install "ocdspy[track]"'
-    assert result.stdout == ""
-    shutil.rmtree(Path.cwd() / "outputs", ignore_errors=True)  # the lock folder optimize made
+    assert result.stdout == ""  # and nothing written: the working folder stays empty
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,6 +226,29 @@ def test_a_failed_block_fails_the_run_and_ctrl_c_kills_it(tmp_path: Path, store:
     assert [r.info.status for r in runs(settings)] == ["FAILED", "KILLED"]
     # DSPy's integration is switched off again once the run ends.
     assert not any(isinstance(c, MlflowCallback) for c in dspy.settings.callbacks)
+
+
+@pytest.mark.usefixtures("dspy_cache")
+def test_ctrl_c_in_optimize_keeps_the_best_candidate_in_a_killed_run(
+    tmp_path: Path, store: str
+) -> None:
+    from ocdspy.optimize import OptimizationInterrupted, optimize
+
+    settings = tracked(tmp_path, store, optimizer="BootstrapFewShotWithRandomSearch", num_trials=4)
+    with pytest.raises(OptimizationInterrupted) as info:
+        optimize(settings, lms=fake_lms(SchemaEngine(interrupt_after=40)), name="cc")
+    record = info.value.result.record
+    assert record is not None and record.trials
+    (logged,) = top_runs(settings)
+    assert logged.info.status == "KILLED"
+    # DSPy's integration put its child runs in the same experiment, not in MLflow's Default.
+    assert len(runs(settings)) > 1 and not client(settings).search_runs(["0"])
+    assert logged.data.params["optimize.status"] == "interrupted"
+    assert [step for step, _ in history(settings, logged.info.run_id, "candidate_score")] == [
+        t.index for t in record.trials
+    ]
+    files = {a.path for a in client(settings).list_artifacts(logged.info.run_id, "program")}
+    assert files == {"program/cc.partial.json", "program/cc.partial.run.json"}
 
 
 def test_logging_failures_are_warnings_not_stage_failures(
@@ -264,9 +295,8 @@ def test_scripted_optimize_and_evaluate_are_tracked(
     record, report = optimized.record, evaluated.report
     assert record is not None and record.trials
 
-    top = [r for r in runs(settings) if "mlflow.parentRunId" not in r.data.tags]
-    assert [r.info.run_name for r in top] == ["rs", "evaluate rs"]
-    opt, ev = top
+    opt, ev = top_runs(settings)
+    assert (opt.info.run_name, ev.info.run_name) == ("rs", "evaluate rs")
     assert opt.data.params["optimization.optimizer"] == "BootstrapFewShotWithRandomSearch"
     assert opt.data.params["optimize.selection_examples"] == str(record.selection_examples)
     assert opt.data.params["data.val.sha256"] == record.data["val"].sha256

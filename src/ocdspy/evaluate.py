@@ -363,8 +363,8 @@ def evaluate(
     """Score the baseline and the optimized program on the validation split (under the
     outputs lock; the report is written as one unit). Logged to MLflow with `tracking.enabled`."""
     with (
-        project_lock(outputs_lock_dir(settings), "evaluate"),
         tracking.run(settings, "evaluate") as tracked,
+        project_lock(outputs_lock_dir(settings), "evaluate"),
     ):
         remove_stale_temps(settings.outputs.reports_dir)
         result = _evaluate(

@@ -452,8 +452,8 @@ def optimize(
     if dry_run:
         return _optimize(settings, name, True, lms, on_progress, demos_shown)
     with (
-        project_lock(outputs_lock_dir(settings), "optimize"),
         tracking.run(settings, "optimize", name or default_name(settings)) as tracked,
+        project_lock(outputs_lock_dir(settings), "optimize"),
     ):
         remove_stale_temps(settings.outputs.programs_dir)
         try:

@@ -70,12 +70,6 @@ def import_mlflow() -> Any:
     return mlflow
 
 
-def check_available(settings: Settings) -> None:
-    """Raise the missing-extra error now (before any work) when tracking is on."""
-    if settings.tracking.enabled:
-        import_mlflow()
-
-
 # ---------------------------------------------------------------------------------------------
 # Parameters
 
