@@ -371,11 +371,13 @@ def test_each_optimizer_gets_the_teacher_where_its_entry_says(tmp_path: Path) ->
     assert optimizer.teacher_settings == {}  # the student's own LM
 
 
+@pytest.mark.parametrize("optimizer", ["BootstrapFewShot", "BootstrapFewShotWithRandomSearch"])
 def test_optimizer_chatter_stays_out_of_the_terminal(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], optimizer: str
 ) -> None:
-    s = make_settings(tmp_path, optimizer="BootstrapFewShot", max_bootstrapped_demos=1)
+    s = make_settings(tmp_path, optimizer=optimizer, max_bootstrapped_demos=1, num_trials=1)
     optimize(s, lms=fake_lms(SchemaEngine()), name="quiet")
     out, err = capfd.readouterr()
     assert "Bootstrapped" not in out + err  # BootstrapFewShot print()s it
+    assert "Going to sample" not in out + err  # random search, from its constructor
     assert out == ""

@@ -73,6 +73,15 @@ ProgramArg = Annotated[
     typer.Argument(help="Program name or path (default: the newest in outputs/programs)."),
 ]
 AgentNameOpt = Annotated[str | None, typer.Option(help="Agent name (default: <model>-optimized).")]
+TrackOpt = Annotated[
+    bool,
+    typer.Option("--track", help='Log the run to MLflow (pip install "ocdspy[track]").'),
+]
+
+
+def _track(track: bool) -> bool | None:
+    """tracking.enabled from --track: on when given, else the config decides."""
+    return True if track else None
 
 
 def _force(help: str) -> Any:
@@ -820,13 +829,16 @@ def pipeline(
         typer.Option("--overwrite", help="Replace an installed agent of that name (backed up)."),
     ] = False,
     force: Annotated[bool, _force("Redo every stage.")] = False,
+    track: TrackOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run validate → convert → split → optimize → evaluate → export, skipping what is current."""
     _quiet_dspy_bars()
     import ocdspy.pipeline
 
-    settings = _settings(config, {"optimization.optimizer": optimizer})
+    settings = _settings(
+        config, {"optimization.optimizer": optimizer, "tracking.enabled": _track(track)}
+    )
     shown = _warn_teacher(settings)
     with _Bars() as bars:
         result = ocdspy.pipeline.run_pipeline(
@@ -951,6 +963,7 @@ def optimize(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the planned LM calls and cost, then stop.")
     ] = False,
+    track: TrackOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Optimize the agent program on the training split; save it and a run record."""
@@ -958,6 +971,7 @@ def optimize(
     settings = _settings(
         config,
         {
+            "tracking.enabled": _track(track),
             "optimization.optimizer": optimizer,
             "optimization.num_trials": trials,
             "optimization.program": program,
@@ -1120,6 +1134,7 @@ def evaluate(
             help="With --agent: also show the demos the ocdspy plugin picks from this pool."
         ),
     ] = None,
+    track: TrackOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Score the baseline and the optimized program on the validation split, or (with --agent)
@@ -1128,7 +1143,7 @@ def evaluate(
     import ocdspy.evaluate
     from ocdspy.progress import on_examples
 
-    settings = _settings(config)
+    settings = _settings(config, {"tracking.enabled": _track(track)})
     if agent:
         _evaluate_agents(settings, agent, baseline, pool, as_json)
         return

@@ -196,6 +196,16 @@ class OutputSettings(_Section):
         return self.dir / "reports"
 
 
+class TrackingSettings(_Section):
+    enabled: bool = Field(False, description="Log optimize and evaluate runs to MLflow.")
+    uri: str | None = Field(
+        None, description="MLflow tracking URI (default: sqlite:///<outputs.dir>/mlflow.db)."
+    )
+    experiment: str | None = Field(
+        None, description="MLflow experiment (default: the project folder's name)."
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of a project. `load_settings` builds it from all layers."""
 
@@ -216,6 +226,7 @@ class Settings(BaseSettings):
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     optimization: OptimizationSettings = Field(default_factory=OptimizationSettings)
     outputs: OutputSettings = Field(default_factory=OutputSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 
     @classmethod
     def settings_customise_sources(

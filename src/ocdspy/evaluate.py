@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field
 
-from ocdspy import __version__
+from ocdspy import __version__, tracking
 from ocdspy.artifacts import Artifact, Staged, file_sha256, remove_stale_temps
 from ocdspy.config import ModelSettings, Settings
 from ocdspy.display import printable
@@ -361,10 +361,13 @@ def evaluate(
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> EvaluateResult:
     """Score the baseline and the optimized program on the validation split (under the
-    outputs lock; the report is written as one unit)."""
-    with project_lock(outputs_lock_dir(settings), "evaluate"):
+    outputs lock; the report is written as one unit). Logged to MLflow with `tracking.enabled`."""
+    with (
+        tracking.run(settings, "evaluate") as tracked,
+        project_lock(outputs_lock_dir(settings), "evaluate"),
+    ):
         remove_stale_temps(settings.outputs.reports_dir)
-        return _evaluate(
+        result = _evaluate(
             settings,
             program,
             lms=lms,
@@ -372,6 +375,8 @@ def evaluate(
             confidence=confidence,
             on_progress=on_progress,
         )
+        tracked.evaluated(result)
+        return result
 
 
 def _evaluate(

@@ -15,6 +15,7 @@
     outputs/prompts/AGENT.md             export: the agent file
     outputs/prompts/AGENT.meta.json      export: its provenance
     outputs/pipeline.json                pipeline: what each stage last ran on
+    outputs/mlflow.db, outputs/mlartifacts/   tracked runs (`--track`), when tracking.uri is unset
     outputs/.ocdspy.lock                 the outputs lock (optimize, evaluate, export, pipeline)
 
 The folders come from the settings (`data.*_dir`, `outputs.dir`); the names inside them are
@@ -39,6 +40,8 @@ VAL_FILE = "val.jsonl"
 COLLECT_STATE_FILE = ".ocdspy-collect.json"
 LOCK_FILE = ".ocdspy.lock"
 PIPELINE_STATE_FILE = "pipeline.json"
+TRACKING_STORE_FILE = "mlflow.db"
+TRACKING_ARTIFACTS_DIR = "mlartifacts"
 JSON_SUFFIX = ".json"
 AGENTS_REPORT_PREFIX = "agents-"
 # Where OpenCode loads plugins, beside its `agents/` folder; export writes the demo plugin there
@@ -223,3 +226,13 @@ class Project:
     @property
     def pipeline_state(self) -> Path:
         return self.settings.outputs.dir / PIPELINE_STATE_FILE
+
+    @property
+    def tracking_store(self) -> Path:
+        """MLflow's SQLite store of tracked runs (the default `tracking.uri`)."""
+        return self.settings.outputs.dir / TRACKING_STORE_FILE
+
+    @property
+    def tracking_artifacts(self) -> Path:
+        """Where the runs in `tracking_store` keep their files."""
+        return self.settings.outputs.dir / TRACKING_ARTIFACTS_DIR

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ocdspy import __version__
+from ocdspy import __version__, tracking
 from ocdspy.artifacts import Staged, file_sha256, remove_stale_temps
 from ocdspy.config import ModelSettings, OptimizationSettings, Settings
 from ocdspy.convert import Example
@@ -447,12 +447,24 @@ def optimize(
     `NAME.json` and `NAME.run.json`. Ctrl-C during the optimizer, or a failure, saves the best
     candidate scored so far and its record as `NAME.partial.json` / `NAME.partial.run.json`,
     leaving the last completed program untouched, then re-raises. A run holds the project lock.
+    With `tracking.enabled`, the run is logged to MLflow (`ocdspy.tracking`).
     """
     if dry_run:
         return _optimize(settings, name, True, lms, on_progress, demos_shown)
-    with project_lock(outputs_lock_dir(settings), "optimize"):
+    with (
+        tracking.run(settings, "optimize", name or default_name(settings)) as tracked,
+        project_lock(outputs_lock_dir(settings), "optimize"),
+    ):
         remove_stale_temps(settings.outputs.programs_dir)
-        return _optimize(settings, name, False, lms, on_progress, demos_shown)
+        try:
+            result = _optimize(
+                settings, name, False, lms, tracked.on_trials(on_progress), demos_shown
+            )
+        except OptimizationInterrupted as e:
+            tracked.optimized(e.result)  # the best candidate so far, in a run marked KILLED
+            raise
+        tracked.optimized(result)
+        return result
 
 
 @dataclass
@@ -576,15 +588,16 @@ def _run_optimizer(
     configured = resolve_metric(settings)
     lms = lms if lms is not None else runtime.build_lms(settings)
     tracker = TrialTracker(on_progress, planned=prepared.plan.metric_calls)
-    optimizer, compile_kwargs = build_optimizer(
-        settings,
-        tracker.wrap(configured.metric),
-        lms,
-        n_fit=len(prepared.fit),
-        n_sel=len(prepared.selection),
-        log_dir=Project(settings).optimizer_logs(prepared.name) if spec.keeps_logs else None,
-        gepa_metric=tracker.wrap(configured.gepa),
-    )
+    with runtime.quiet():  # random search print()s its plan from its constructor
+        optimizer, compile_kwargs = build_optimizer(
+            settings,
+            tracker.wrap(configured.metric),
+            lms,
+            n_fit=len(prepared.fit),
+            n_sel=len(prepared.selection),
+            log_dir=Project(settings).optimizer_logs(prepared.name) if spec.keeps_logs else None,
+            gepa_metric=tracker.wrap(configured.gepa),
+        )
     if spec.needs_selection_set:
         compile_kwargs["valset"] = prepared.selection
 

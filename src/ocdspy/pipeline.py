@@ -125,9 +125,11 @@ def run_pipeline(
     `force` redoes every stage; `overwrite` lets export replace an installed agent (backed up).
     Holds the data lock and then the outputs lock (`ocdspy.lock`) for the whole run.
     """
+    from ocdspy import tracking
     from ocdspy.lock import data_lock_dir, outputs_lock_dir, project_lock
 
     with (
+        tracking.run(settings, "pipeline", name) as tracked,  # optimize and evaluate: children
         project_lock(data_lock_dir(settings.data.processed_dir), "pipeline"),
         contextlib.ExitStack() as later,
     ):
@@ -153,6 +155,7 @@ def run_pipeline(
         )
         run.sum_usage()
         run.result.seconds = round(time.perf_counter() - started, 1)
+        tracked.pipeline_done(settings, run.result)
         return run.result
 
 

@@ -68,6 +68,11 @@ optimization:
 outputs:
   dir: ./outputs                   # programs/, reports/, prompts/, logs/ go here
   cache_dir: ./.dspy_cache         # DSPy's disk cache of LM calls
+
+tracking:                          # MLflow (pip install "ocdspy[track]"); --track turns it on
+  enabled: false
+  uri: null                        # empty = sqlite:///<outputs.dir>/mlflow.db
+  experiment: null                 # empty = the name of this project's folder
 """
 
 ENV_TEMPLATE = """\
