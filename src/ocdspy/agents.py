@@ -88,7 +88,9 @@ def lm_call_for(settings: Settings) -> LmCall:
 
     target = settings.models.target
     if target.provider == "local":
-        return LocalModelCall(target.model_path, n_threads=settings.optimization.num_threads)
+        # The same llama.cpp threads as the DSPy engine (`optimization.num_threads` counts
+        # parallel examples, not llama threads).
+        return LocalModelCall(target.model_path)
     return ApiModelCall.from_settings(target)
 
 
