@@ -107,7 +107,7 @@ def test_request_has_opencodes_structure() -> None:
 
 def test_render_prompt_of_a_real_request_writes_the_demo_form() -> None:
     real = json.loads(CAPTURED.read_text())
-    text, schema = render_prompt(real)
+    text, schema = render_prompt(real, "user")
     assert text.startswith("<|im_start|>system\nTUNED-AGENT-BODY")
     assert text.endswith("<|im_start|>assistant\n")
     user = text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
@@ -125,7 +125,7 @@ def test_render_prompt_of_a_real_request_writes_the_demo_form() -> None:
 def test_live_state_and_demo_share_one_form() -> None:
     """The user block of the live request is the demo of the same step, minus its last line."""
     ex = example()
-    text, _ = render_prompt(opencode_request("B", ex, 2))
+    text, _ = render_prompt(opencode_request("B", ex, 2), "user")
     user = text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
     demo = render_demo(ex, 2).splitlines()
     assert user.splitlines() == demo[1:-2]
@@ -350,3 +350,20 @@ def test_reply_grammar_compiles_in_llama_cpp_for_the_offered_tools() -> None:
 
     schema = render_prompt(opencode_request("B", example(), 0, tools=default_tools([])), "open")[1]
     LlamaGrammar.from_string(reply_grammar(schema), verbose=False)
+
+
+def test_a_body_with_demos_reaches_the_model_whole_in_every_rendering() -> None:
+    """The request holds the body byte for byte; a rendering that moves the body's demos next
+    to the state still shows its prose and every demo verbatim, and one that does not shows
+    the body byte for byte."""
+    demos = [render_demo(example("ses_t1"), k) for k in (0, 3)]
+    body = "You are a coding agent.\n\nExamples of similar steps.\n\n" + "\n\n".join(demos)
+    request = opencode_request(body, example("ses_v"), 1)
+    assert request["messages"][0]["content"].startswith(body + "\n")
+    for name in RENDERINGS:
+        text, _ = render_prompt(request, name)
+        if RENDERINGS[name].demos_near:
+            assert "You are a coding agent.\n\nExamples of similar steps." in text
+            assert all(d in text for d in demos)
+        else:
+            assert body in text

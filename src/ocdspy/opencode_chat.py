@@ -5,6 +5,12 @@ state of a recorded turn; `render_prompt` turns such a request (ours, or a real 
 OpenCode) into the text a small local model reads plus a JSON schema for its reply;
 `parse_reply` reads the reply of either form back as one tool call or a final answer.
 
+The built-in 135M model copies demos and does not follow written rules, so by default
+(`open-near`) the turn's state is written as an open demo (`<example>`, `user: …`, the calls and
+results so far) at the end of the assistant turn, right after the demos of the system
+messages (the body's and the plugin's): the model's next line stands where a demo's `call:` or
+`answer:` line stands. `RENDERINGS` keeps the variants that were measured against it.
+
 Shape of OpenCode's request, captured from real OpenCode 1.18.33 with a custom agent and a
 scripted model (tests/data/opencode-request/request.json):
 
@@ -374,7 +380,10 @@ RENDERINGS: Final[dict[str, Rendering]] = {
     "raw-near": Rendering(chat=False, demos_near=True),
     "raw-near-noenv": Rendering(chat=False, demos_near=True, env=False),
 }
-DEFAULT_RENDERING: Final = "user"
+# Measured with benchmarks/bench_shipped.py (BENCHMARKS.md, "Shipped forms"): with the state as
+# an open demo and the demos right before it, the plugin form's demos transfer (examples/:
+# 40.4 -> 55.8); with the state as a user message the model mostly answered at once.
+DEFAULT_RENDERING: Final = "open-near"
 
 
 def rendering_named(name: str) -> Rendering:
