@@ -13,6 +13,7 @@ from ocdspy.convert import Example, ExampleAction, convert
 from ocdspy.export import ProgramParts, learn_guidance, parse_agent_file, render_body
 from ocdspy.opencode_chat import (
     OPENCODE_TOOLS,
+    RENDERINGS,
     Environment,
     opencode_request,
     parse_reply,
@@ -29,7 +30,7 @@ from ocdspy.program.select import (
     select,
     state_from_example,
 )
-from ocdspy.shipped import compare, score_agent
+from ocdspy.shipped import compare, default_tools, score_agent
 from ocdspy.split import load_split, split
 
 CAPTURED = Path(__file__).parent / "data" / "opencode-request" / "request.json"
@@ -106,7 +107,7 @@ def test_request_has_opencodes_structure() -> None:
 
 def test_render_prompt_of_a_real_request_writes_the_demo_form() -> None:
     real = json.loads(CAPTURED.read_text())
-    text, schema = render_prompt(real)
+    text, schema = render_prompt(real, "user")
     assert text.startswith("<|im_start|>system\nTUNED-AGENT-BODY")
     assert text.endswith("<|im_start|>assistant\n")
     user = text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
@@ -124,7 +125,7 @@ def test_render_prompt_of_a_real_request_writes_the_demo_form() -> None:
 def test_live_state_and_demo_share_one_form() -> None:
     """The user block of the live request is the demo of the same step, minus its last line."""
     ex = example()
-    text, _ = render_prompt(opencode_request("B", ex, 2))
+    text, _ = render_prompt(opencode_request("B", ex, 2), "user")
     user = text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
     demo = render_demo(ex, 2).splitlines()
     assert user.splitlines() == demo[1:-2]
@@ -285,3 +286,84 @@ def test_api_model_call_sends_the_tools_and_reads_the_call() -> None:
     assert score.results[0].score == 100 and score.errors == 0
     assert [t["function"]["name"] for t in sent["tools"]] == list(OPENCODE_TOOLS)
     assert sent["messages"][0]["content"].startswith("BODY\nYou are powered")
+
+
+def _assistant_text(text: str) -> str:
+    return text.split("<|im_start|>assistant\n")[1]
+
+
+def test_open_rendering_leaves_the_demo_of_the_same_step_open() -> None:
+    """The live state is the demo of the same step without its last two lines (the call and
+    `</example>`), and the prompt ends there: the model's next line is the demo's `call:` line."""
+    ex = example()
+    for step in range(len(ex.actions) + 1):
+        text, _ = render_prompt(opencode_request("B", ex, step), "open")
+        demo = render_demo(ex, step).splitlines()
+        assert text.endswith("\n".join(demo[:-2]) + "\n")
+        assert "<|im_start|>user" not in text
+        raw, _ = render_prompt(opencode_request("B", ex, step), "raw")
+        assert raw.endswith("\n".join(demo[:-2]) + "\n") and "<|im_start|>" not in raw
+
+
+def test_near_rendering_moves_the_demos_right_before_the_open_state() -> None:
+    train = [example("ses_t1"), example("ses_t2", task="where is config loaded")]
+    pool = build_pool("tuned", [(e, k) for e in train for k in range(4)], k=2)
+    held = example("ses_v", task="fix the calc test")
+    chosen = select(pool, state_from_example(held, 1))
+    static = "BODY\n\nIntro.\n\n" + render_demo(train[1], 0)
+    request = opencode_request(static, held, 1, plugin_text=render_selection(pool, chosen))
+    text, _ = render_prompt(request, "open-near")
+    demos = [render_demo(train[1], 0), *(d.text for d in chosen)]
+    state = "\n".join(render_demo(held, 1).splitlines()[:-2]) + "\n"
+    # body demos first, then the plugin's, then the open state, all in the assistant turn
+    assert _assistant_text(text) == "".join(d + "\n\n" for d in demos) + state
+    system = text.split("<|im_start|>assistant\n")[0]
+    assert "<example>" not in system and "BODY\n\nIntro." in system and pool.intro in system
+    assert "<env>" in system
+    noenv, _ = render_prompt(request, "open-near-noenv")
+    assert "<env>" not in noenv and "powered by" not in noenv
+    assert noenv.endswith(_assistant_text(text))
+
+
+def test_every_rendering_keeps_the_body_and_is_a_function_of_the_request() -> None:
+    real = json.loads(CAPTURED.read_text())
+    for name in RENDERINGS:
+        text, schema = render_prompt(real, name)
+        assert "TUNED-AGENT-BODY line one.\n\nSecond paragraph." in text
+        assert render_prompt(json.loads(CAPTURED.read_text()), name) == (text, schema)
+        assert 'call: bash {"command": "python3 app.py"}\nresult: ok: hi (2 lines)' in text
+    with pytest.raises(ValueError, match="unknown rendering"):
+        render_prompt(real, "nope")
+
+
+def test_earlier_turns_stand_before_the_open_block() -> None:
+    ex = example().model_copy(update={"history": "user: run the tests\nassistant: 1 failed"})
+    text, _ = render_prompt(opencode_request("B", ex, 0), "open")
+    assert text.endswith(
+        "Earlier in this session:\nuser: run the tests\nassistant: 1 failed\n\n"
+        "<example>\nuser: fix the failing test in calc\n"
+    )
+
+
+def test_reply_grammar_compiles_in_llama_cpp_for_the_offered_tools() -> None:
+    from llama_cpp import LlamaGrammar
+
+    schema = render_prompt(opencode_request("B", example(), 0, tools=default_tools([])), "open")[1]
+    LlamaGrammar.from_string(reply_grammar(schema), verbose=False)
+
+
+def test_a_body_with_demos_reaches_the_model_whole_in_every_rendering() -> None:
+    """The request holds the body byte for byte; a rendering that moves the body's demos next
+    to the state still shows its prose and every demo verbatim, and one that does not shows
+    the body byte for byte."""
+    demos = [render_demo(example("ses_t1"), k) for k in (0, 3)]
+    body = "You are a coding agent.\n\nExamples of similar steps.\n\n" + "\n\n".join(demos)
+    request = opencode_request(body, example("ses_v"), 1)
+    assert request["messages"][0]["content"].startswith(body + "\n")
+    for name in RENDERINGS:
+        text, _ = render_prompt(request, name)
+        if RENDERINGS[name].demos_near:
+            assert "You are a coding agent.\n\nExamples of similar steps." in text
+            assert all(d in text for d in demos)
+        else:
+            assert body in text

@@ -5,6 +5,12 @@ state of a recorded turn; `render_prompt` turns such a request (ours, or a real 
 OpenCode) into the text a small local model reads plus a JSON schema for its reply;
 `parse_reply` reads the reply of either form back as one tool call or a final answer.
 
+The built-in 135M model copies demos and does not follow written rules, so by default
+(`open-near`) the turn's state is written as an open demo (`<example>`, `user: …`, the calls and
+results so far) at the end of the assistant turn, right after the demos of the system
+messages (the body's and the plugin's): the model's next line stands where a demo's `call:` or
+`answer:` line stands. `RENDERINGS` keeps the variants that were measured against it.
+
 Shape of OpenCode's request, captured from real OpenCode 1.18.33 with a custom agent and a
 scripted model (tests/data/opencode-request/request.json):
 
@@ -346,14 +352,87 @@ def _earlier(messages: Sequence[Mapping[str, Any]]) -> str:
     return clip_tail(clean_text("\n".join(lines)), HISTORY_CHARS)
 
 
-def render_prompt(request: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class Rendering:
+    """How `render_prompt` lays a request out for a small model.
+
+    - `open`: the live state is an open `<example>` block (the demos' own first lines, without
+      the closing line), so the model's next line stands where a demo's `call:` line stands;
+      otherwise it is a user message and the model starts a new assistant turn.
+    - `chat`: ChatML turns (system messages, then the state); otherwise one raw completion text.
+    - `demos_near`: the `<example>` blocks of the system messages move to just before the
+      state (after the rest of the system text), instead of staying where the body put them.
+    - `env`: keep OpenCode's environment block (model name, `<env>`) in the system text.
+    """
+
+    open: bool = True
+    chat: bool = True
+    demos_near: bool = False
+    env: bool = True
+
+
+RENDERINGS: Final[dict[str, Rendering]] = {
+    "user": Rendering(open=False),
+    "open": Rendering(),
+    "open-near": Rendering(demos_near=True),
+    "open-near-noenv": Rendering(demos_near=True, env=False),
+    "raw": Rendering(chat=False),
+    "raw-near": Rendering(chat=False, demos_near=True),
+    "raw-near-noenv": Rendering(chat=False, demos_near=True, env=False),
+}
+# Measured with benchmarks/bench_shipped.py (BENCHMARKS.md, "Shipped forms"): with the state as
+# an open demo and the demos right before it, the plugin form's demos transfer (examples/:
+# 40.4 -> 55.8); with the state as a user message the model mostly answered at once.
+DEFAULT_RENDERING: Final = "open-near"
+
+
+def rendering_named(name: str) -> Rendering:
+    """The rendering called `name`; an unknown name raises ValueError naming the known ones."""
+    try:
+        return RENDERINGS[name]
+    except KeyError:
+        raise ValueError(f"unknown rendering {name!r}; one of {', '.join(RENDERINGS)}") from None
+
+
+_EXAMPLE_BLOCK = re.compile(r"^<example>\n.*?^</example>$", re.M | re.S)
+_ENV_BLOCK = re.compile(r"^You are powered by the model named .*?^</env>$\n?", re.M | re.S)
+
+
+def _split_demos(text: str) -> tuple[str, list[str]]:
+    """(the text without its `<example>` blocks, the blocks in order)."""
+    blocks = _EXAMPLE_BLOCK.findall(text)
+    rest = re.sub(r"\n{3,}", "\n\n", _EXAMPLE_BLOCK.sub("", text)).strip()
+    return rest, blocks
+
+
+def _layout(systems: Sequence[str], rendering: Rendering) -> tuple[list[str], list[str]]:
+    """(the system texts to show, the demo blocks to put right before the state)."""
+    if not rendering.env:
+        systems = [_ENV_BLOCK.sub("", s).strip() for s in systems]
+    if not rendering.demos_near:
+        return [s for s in systems if s], []
+    shown: list[str] = []
+    demos: list[str] = []
+    for text in systems:
+        rest, blocks = _split_demos(text)
+        demos += blocks
+        if rest:
+            shown.append(rest)
+    return shown, demos
+
+
+def render_prompt(
+    request: Mapping[str, Any], rendering: str = DEFAULT_RENDERING
+) -> tuple[str, dict[str, Any]]:
     """(prompt text, reply schema) for a local model with a ChatML template (SmolLM2).
 
-    System messages stay system messages, verbatim. The turn (the last user message and the
-    tool calls after it) becomes one user message written exactly like a demo's state
-    (`call: TOOL {json}` / `result: …` lines), so the demos and the live conversation share
-    one form. The model answers JSON under the schema (`reply_schema`).
+    The turn (the last user message and the tool calls after it) is written exactly like a
+    demo's state (`user: …`, `call: TOOL {json}` / `result: …` lines), so the demos and the live
+    conversation share one form; `rendering` (a key of `RENDERINGS`) says where it stands and
+    where the demos stand. The model answers under the schema (`reply_schema`), in the line
+    form with `reply_grammar`. A pure function of the request.
     """
+    how = rendering_named(rendering)
     messages = [m for m in request.get("messages") or () if isinstance(m, Mapping)]
     systems = [_text(m.get("content")) for m in messages if m.get("role") == "system"]
     convo = [m for m in messages if m.get("role") != "system"]
@@ -361,11 +440,23 @@ def render_prompt(request: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     task = _text(convo[start].get("content")) if start < len(convo) else ""
     lines = state_lines(clean_text(task), _turn_actions(convo[start:], None))
     earlier = _earlier(convo[:start])
+    shown, demos = _layout(systems, how)
+    schema = reply_schema(request.get("tools") or ())
+    if not how.open:
+        if earlier:
+            lines.insert(0, "Earlier in this session:\n" + earlier + "\n")
+        text = "".join(_chatml("system", s) for s in shown)
+        text += _chatml("user", "\n\n".join([*demos, "\n".join(lines)]))
+        return text + "<|im_start|>assistant\n", schema
+    state = "\n".join(["<example>", *lines]) + "\n"
+    before = "".join(b + "\n\n" for b in demos)
     if earlier:
-        lines.insert(0, "Earlier in this session:\n" + earlier + "\n")
-    text = "".join(_chatml("system", s) for s in systems)
-    text += _chatml("user", "\n".join(lines)) + "<|im_start|>assistant\n"
-    return text, reply_schema(request.get("tools") or ())
+        before += "Earlier in this session:\n" + earlier + "\n\n"
+    if how.chat:
+        text = "".join(_chatml("system", s) for s in shown)
+        return text + "<|im_start|>assistant\n" + before + state, schema
+    head = "".join(s + "\n\n" for s in shown)
+    return head + before + state, schema
 
 
 def _simple(schema: Any) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from ocdspy.evaluate import Difference, bootstrap_ci
 from ocdspy.lm.providers import mask_keys
 from ocdspy.metric import COMPONENTS, MetricScores, score_prediction
 from ocdspy.opencode_chat import (
+    DEFAULT_RENDERING,
     OPENCODE_TOOLS,
     Environment,
     ModelReply,
@@ -37,6 +38,7 @@ from ocdspy.opencode_chat import (
     opencode_request,
     parse_reply,
     render_prompt,
+    rendering_named,
     reply_grammar,
 )
 from ocdspy.program.render import FINISH, RESPONSE_CHARS, TARGET_CHARS, clip
@@ -242,7 +244,8 @@ class LocalModelCall:
     """The built-in model (or any GGUF with a ChatML template): `render_prompt`'s text,
     decoded under a grammar built from its reply schema. Returns the reply's text: with
     `reply_form="line"` (default) in the demos' form, `call: TOOL {json}` or `answer: TEXT`
-    (`reply_grammar`); with `"json"`, the schema's JSON object.
+    (`reply_grammar`); with `"json"`, the schema's JSON object. `rendering` picks the layout
+    (`opencode_chat.RENDERINGS`).
 
     A prompt that outgrows the context raises ModelError (the step scores 0) instead of being
     cut: a cut prompt is not what OpenCode would send.
@@ -257,6 +260,7 @@ class LocalModelCall:
         seed: int = 0,
         max_tokens: int = DEFAULT_REPLY_TOKENS,
         reply_form: Literal["line", "json"] = "line",
+        rendering: str = DEFAULT_RENDERING,
     ) -> None:
         from ocdspy.lm.local import DEFAULT_N_CTX, _cpu_count, llama_cpp_available, resolve_gguf
 
@@ -270,6 +274,8 @@ class LocalModelCall:
         self.seed = seed
         self.max_tokens = max_tokens
         self.reply_form = reply_form
+        rendering_named(rendering)
+        self.rendering = rendering
         self._grammars: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -289,7 +295,7 @@ class LocalModelCall:
     def __call__(self, request: dict[str, Any]) -> str:
         from ocdspy.lm.local import _load
 
-        prompt, schema = render_prompt(request)
+        prompt, schema = render_prompt(request, self.rendering)
         grammar = self._grammar(schema)
         model = _load(self.model_path, self.n_ctx, self.n_threads, self.seed)
         with model.lock:
