@@ -58,9 +58,9 @@ from typing import Any, Final
 from pydantic import BaseModel, Field
 
 from ocdspy.convert import _MAIN_ARG, Example, ExampleAction, main_argument
-from ocdspy.program.render import FINISH, TASK_CHARS, clip, clip_tail, outcome
+from ocdspy.program.render import FINISH, clip_tail
 from ocdspy.program.sanitize import clean_text
-from ocdspy.program.select import DEMO_CALLS, render_call_line
+from ocdspy.program.select import state_lines
 
 OPENCODE_VERSION: Final = "1.18.33"
 # What OpenCode 1.18.33 offers a custom agent with default permissions, in its order.
@@ -325,18 +325,6 @@ def _turn_actions(messages: Sequence[Mapping[str, Any]], cwd: str | None) -> lis
                 )
             )
     return actions
-
-
-def state_lines(task: str, actions: Sequence[ExampleAction]) -> list[str]:
-    """The state of a turn in the form `select.render_demo` writes a demo's state."""
-    lines = [f"user: {clip(' '.join(task.split()), TASK_CHARS)}"]
-    hidden = max(0, len(actions) - DEMO_CALLS)
-    if hidden:
-        lines.append(f"({hidden} earlier calls)")
-    for action in actions[hidden:]:
-        lines.append(render_call_line(action))
-        lines.append(f"result: {outcome(action)}")
-    return lines
 
 
 def _chatml(role: str, text: str) -> str:

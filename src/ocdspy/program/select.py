@@ -298,6 +298,19 @@ def render_call_line(action: ExampleAction) -> str:
     return f"call: {action.tool} {args}"
 
 
+def state_lines(task: str, actions: Sequence[ExampleAction]) -> list[str]:
+    """The state of a turn as a demo writes it, and as the live conversation is rendered for a
+    local model (`opencode_chat`): the request, then each call with its short outcome."""
+    lines = [f"user: {_shown(task, TASK_CHARS)}"]
+    hidden = max(0, len(actions) - DEMO_CALLS)
+    if hidden:
+        lines.append(f"({hidden} earlier calls)")
+    for action in actions[hidden:]:
+        lines.append(render_call_line(action))
+        lines.append(f"result: {_shown(outcome(action), 2 * TARGET_CHARS)}")
+    return lines
+
+
 def render_demo(example: Example, step: int) -> str:
     """A recorded step as the model reads it: the request, the calls so far with their
     outcomes, then what the assistant did next (the next call, or its short answer).
@@ -305,14 +318,7 @@ def render_demo(example: Example, step: int) -> str:
     Every piece of session text in it is redacted and sanitized (`_shown`); tool output appears
     only as the short outcome line.
     """
-    before = example.actions[:step]
-    lines = ["<example>", f"user: {_shown(example.task, TASK_CHARS)}"]
-    hidden = max(0, len(before) - DEMO_CALLS)
-    if hidden:
-        lines.append(f"({hidden} earlier calls)")
-    for action in before[hidden:]:
-        lines.append(render_call_line(action))
-        lines.append(f"result: {_shown(outcome(action), 2 * TARGET_CHARS)}")
+    lines = ["<example>", *state_lines(example.task, example.actions[:step])]
     if step < len(example.actions):
         lines.append(render_call_line(example.actions[step]))
     else:
