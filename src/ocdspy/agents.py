@@ -35,8 +35,8 @@ class AgentScore(BaseModel):
     path: str | None = None
     body_sha256: str = Field(description="SHA-256 of the body the model was shown.")
     form: str = Field(description="static (the file alone) or plugin (file + demo pool).")
-    pool: str | None = None
-    pool_sha256: str | None = None
+    pool: str | None = Field(None, description="Plugin form: the agent its demo pool is for.")
+    pool_sha256: str | None = Field(None, description="Plugin form: the pool's content hash.")
     score: float
     components: dict[str, float]
     errors: int
