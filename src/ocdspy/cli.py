@@ -1251,6 +1251,9 @@ def serve(
     queue: Annotated[
         int, typer.Option(help="Requests that may wait for the model; more get HTTP 429.", min=0)
     ] = 4,
+    max_tokens: Annotated[
+        int, typer.Option(help="A reply's token budget (a request may ask for less).", min=16)
+    ] = 256,
 ) -> None:
     """Serve the built-in model (or a GGUF) as an OpenAI-compatible endpoint OpenCode can drive."""
     from ocdspy.serve import serving
@@ -1260,7 +1263,14 @@ def serve(
 
     try:
         with serving(
-            model_path, host, port, ctx, n_threads=threads, queue=queue, on_request=show
+            model_path,
+            host,
+            port,
+            ctx,
+            n_threads=threads,
+            queue=queue,
+            reply_tokens=max_tokens,
+            on_request=show,
         ) as srv:
             out.print(
                 f"serving {srv.model_id} ({srv.n_ctx} tokens of context) at {srv.base_url}\n"

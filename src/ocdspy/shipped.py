@@ -320,7 +320,9 @@ class LocalModelCall:
         key = json.dumps(schema, sort_keys=True)
         with self._lock:
             if key not in self._grammars:
-                text = reply_grammar(schema) if self.reply_form == "line" else json_schema_to_gbnf(key)
+                text = (
+                    reply_grammar(schema) if self.reply_form == "line" else json_schema_to_gbnf(key)
+                )
                 # llama.cpp crashes the process when it samples under a grammar it cannot parse.
                 if not grammar_parses(llama, text):
                     raise GrammarError("llama.cpp cannot parse the grammar of the reply schema")

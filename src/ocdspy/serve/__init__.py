@@ -39,8 +39,8 @@ __all__ = [
     "PROVIDER_ID",
     "Completion",
     "Engine",
-    "Served",
     "ServeError",
+    "Served",
     "ServedRequest",
     "provider_config",
     "resolve_paths",
@@ -106,7 +106,9 @@ class Served:
         return list(self.server.log)
 
     def provider_config(self) -> dict[str, Any]:
-        return provider_config(self.base_url, self.model_id, self.n_ctx)
+        return provider_config(
+            self.base_url, self.model_id, self.n_ctx, output=self.server.reply_tokens
+        )
 
     def snippet(self) -> str:
         """The opencode.json snippet that uses this server, as JSON text."""
@@ -127,13 +129,15 @@ def serving(
     *,
     n_threads: int | None = None,
     queue: int = 4,
+    reply_tokens: int = REPLY_TOKENS,
     model_id: str | None = None,
     on_request: Callable[[ServedRequest], None] | None = None,
 ) -> Iterator[Served]:
     """Serve a model on `host:port` (0: a free port) in a background thread until the block ends.
 
     Without `engine`, the built-in GGUF (or `model_path`) is loaded before the first request.
-    `queue` bounds the requests waiting for the model (more are answered 429).
+    `queue` bounds the requests waiting for the model (more are answered 429); `reply_tokens`
+    is a reply's default budget and cap (a request's `max_tokens` may ask for less).
     """
     if engine is None:
         local = LocalEngine(model_path, n_ctx=n_ctx, n_threads=n_threads)
@@ -142,7 +146,15 @@ def serving(
     else:
         chosen = as_engine(engine, n_ctx)
     name = model_id or getattr(chosen, "model_id", None) or DEFAULT_MODEL_ID
-    server = Server(chosen, model_id=name, host=host, port=port, queue=queue, on_request=on_request)
+    server = Server(
+        chosen,
+        model_id=name,
+        host=host,
+        port=port,
+        queue=queue,
+        reply_tokens=reply_tokens,
+        on_request=on_request,
+    )
     server.start()
     try:
         yield Served(server)

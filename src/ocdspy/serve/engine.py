@@ -133,7 +133,7 @@ class CallableEngine:
 def as_engine(engine: Any, n_ctx: int | None) -> Engine:
     """An object with `complete` as it is; a plain callable wrapped in `CallableEngine`."""
     if callable(getattr(engine, "complete", None)):
-        return engine  # type: ignore[no-any-return]
+        return engine
     if callable(engine):
         return CallableEngine(engine, n_ctx=n_ctx or DEFAULT_N_CTX)
     raise TypeError(f"an engine has a complete() method or is callable, not {type(engine)}")
@@ -151,9 +151,11 @@ def model_id_for(model_path: Path | None) -> str:
 def _depth(schema: Any, level: int = 0) -> int:
     if not isinstance(schema, Mapping) or level > MAX_SCHEMA_DEPTH:
         return level
-    subs = list((schema.get("properties") or {}).values()) if isinstance(
-        schema.get("properties"), Mapping
-    ) else []
+    subs = (
+        list((schema.get("properties") or {}).values())
+        if isinstance(schema.get("properties"), Mapping)
+        else []
+    )
     if isinstance(schema.get("items"), Mapping):
         subs.append(schema["items"])
     return max([_depth(s, level + 1) for s in subs], default=level)

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
@@ -288,7 +288,9 @@ def offered(tools: list[Any], choice: Any) -> list[Any]:
         name = choice["function"].get("name")
         chosen = [t for t in tools if tool_name(t) == name]
         if not chosen:
-            raise ApiError(400, f"tool_choice names {name!r}, which is not offered", param="tool_choice")
+            raise ApiError(
+                400, f"tool_choice names {name!r}, which is not offered", param="tool_choice"
+            )
         return chosen
     return tools
 
@@ -409,10 +411,8 @@ def _handler_class(server: Server) -> type[BaseHTTPRequestHandler]:
                 headers["Retry-After"] = "1"
             if e.status == 405:
                 headers["Allow"] = "POST" if self._path() in CHAT_PATHS else "GET"
-            try:
+            with suppress(*_DISCONNECTED):
                 self._send_json(e.status, e.body(), headers)
-            except _DISCONNECTED:
-                pass
 
         def _path(self) -> str:
             return self.path.split("?", 1)[0].rstrip("/") or "/"
@@ -489,7 +489,9 @@ def _handler_class(server: Server) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             events = chunks(reply, completion, rid=rid, model=model, include_usage=include_usage)
             for event in events:
-                self.wfile.write(b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n")
+                self.wfile.write(
+                    b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n"
+                )
                 self.wfile.flush()
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
