@@ -404,7 +404,7 @@ def test_a_client_gone_mid_stream_leaves_the_model_free_for_the_next() -> None:
         _abandon(srv.base_url, chat_request(stream=True))
         engine.started.wait(30)
         engine.release.set()
-        _until(lambda: len(srv.log) == 1)
+        _until(lambda: srv.log[0].error is not None)
         status, _, raw = post(srv.base_url, chat_request(stream=True))
         log = srv.log
     assert status == 200 and events(raw)[-1] == "[DONE]"
@@ -558,3 +558,104 @@ def test_cli_serve_on_a_taken_port_is_one_error_line() -> None:
     assert proc.returncode == 1, out + err
     assert err.strip().startswith(f"error: cannot listen on 127.0.0.1:{port}")
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# The built-in model (integration)
+
+
+@pytest.mark.integration
+def test_a_grammar_llama_cpp_cannot_parse_is_refused_not_a_crash() -> None:
+    from ocdspy.lm.local import _load, grammar_parses
+    from ocdspy.shipped import GrammarError, LocalModelCall
+
+    call = LocalModelCall(n_threads=1)
+    llama = _load(call.model_path, call.n_ctx, call.n_threads, call.seed).llama
+    assert grammar_parses(llama, 'root ::= "a"')
+    assert not grammar_parses(llama, "root ::= undefined-rule")
+    # A tool name with a backspace becomes a GBNF escape llama.cpp does not know.
+    request = chat_request(stream=False)
+    request["tools"] = [{"type": "function", "function": {"name": "re\bad", "parameters": {}}}]
+    with pytest.raises(GrammarError):
+        call.complete(request)
+
+
+@pytest.mark.integration
+def test_the_built_in_model_refuses_a_prompt_over_its_context_with_a_400() -> None:
+    body = chat_request()
+    body["messages"][0]["content"] = "Be careful. " * 300 + body["messages"][0]["content"]
+    with serving(n_ctx=1024, n_threads=1) as srv:
+        status, _, raw = post(srv.base_url, body)
+        assert srv.log[-1].prompt_tokens == 0  # never generated
+    error = error_of(raw)
+    assert status == 400 and error["code"] == "context_length_exceeded"
+    assert "maximum context length is 1024 tokens" in error["message"]
+
+
+READER_AGENT = """---
+description: Reads the file the user names.
+mode: primary
+steps: 3
+---
+You read files.
+
+<example>
+user: show todo.txt
+call: read {"filePath": "todo.txt"}
+</example>
+
+<example>
+user: show todo.txt
+call: read {"filePath": "todo.txt"}
+result: ok: <path>/home/me/todo.txt</path> (5 lines)
+answer: I read todo.txt.
+</example>
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not __import__("opencode_support.opencode_env").opencode_env.have_node(),
+    reason="node and npm are needed to install OpenCode",
+)
+def test_real_opencode_drives_the_built_in_model_through_serve(tmp_path: Path) -> None:
+    """OpenCode 1.18.33 sends its real requests (streamed, 10 tools, a title request); the
+    model's call is a real tool call OpenCode runs, with the relative path resolved. The
+    agent's `steps` and OpenCode's timeout bound the run."""
+    from opencode_support.opencode_env import ensure_opencode, isolated_env, run_opencode
+
+    binary = ensure_opencode("1.18.33")
+    assert binary is not None
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("The secret word is pineapple.\n")
+    # One llama.cpp thread: on a shared machine, spinning threads cost more than they give.
+    with serving(port=0, n_threads=1) as srv:
+        env = isolated_env(
+            tmp_path,
+            srv.base_url,
+            config={
+                "provider": srv.provider_config(),
+                "model": srv.opencode_model,
+                "small_model": srv.opencode_model,
+            },
+        )
+        agents = Path(env["HOME"]) / ".config" / "opencode" / "agent"
+        agents.mkdir(parents=True)
+        (agents / "reader.md").write_text(READER_AGENT)
+        args = ["run", "--agent", "reader", "--model", srv.opencode_model, "--format", "json"]
+        ran = run_opencode(binary, [*args, "show notes.txt"], env=env, cwd=project, timeout=170)
+        log = srv.log
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    calls = [e for e in log if e.tool is not None]
+    assert calls and all(e.status == 200 for e in log), [e.summary() for e in log]
+    assert calls[0].tool == "read"
+    assert calls[0].arguments["filePath"] == str(project / "notes.txt")
+    # OpenCode ran that call: the file's text came back in its events.
+    events_ = [json.loads(line) for line in ran.stdout.splitlines() if line.startswith("{")]
+    outputs = [e["part"]["state"].get("output", "") for e in events_ if e.get("type") == "tool_use"]
+    assert any("pineapple" in out for out in outputs), ran.stdout[-2000:]
+    # What OpenCode's real first request of the turn renders to (the module docstring's figure).
+    first = next(e for e in log if e.tools)
+    print(f"first request: {first.prompt_tokens} prompt tokens, {first.tools} tools")
+    assert first.tools == 10 and 300 < first.prompt_tokens < srv.n_ctx // 4

@@ -74,7 +74,7 @@ class ServedRequest:
     """One chat request as the server handled it (`Server.log`)."""
 
     number: int
-    status: int = 200
+    status: int = 0  # 0 while the model works
     stream: bool = False
     tools: int = 0  # how many tools the request offered
     tool: str | None = None
@@ -214,16 +214,14 @@ class Server:
         self._httpd.server_close()
 
     # -- one chat request
-    def _record(self, entry: ServedRequest) -> None:
-        with self._lock:
-            self.log.append(entry)
-        if self.on_request is not None:
-            self.on_request(entry)
-
-    def next_number(self) -> int:
+    def new_entry(self) -> ServedRequest:
+        """A new chat request's log entry, filled in before its reply is written (so a client
+        that has the reply also finds the entry), then on a disconnect."""
         with self._lock:
             self._count += 1
-            return self._count
+            entry = ServedRequest(number=self._count)
+            self.log.append(entry)
+            return entry
 
     def check(self, body: Any) -> tuple[list[Any], int]:
         """Refuse what the model cannot answer: (the tools, the reply budget)."""
@@ -438,12 +436,13 @@ def _handler_class(server: Server) -> type[BaseHTTPRequestHandler]:
             if self._path() not in CHAT_PATHS:
                 self._other()
                 return
-            entry = ServedRequest(number=server.next_number())
+            entry = server.new_entry()
             start = time.perf_counter()
             try:
-                self._chat(entry)
+                self._chat(entry, start)
             except ApiError as e:
                 entry.status, entry.error = e.status, e.message
+                entry.seconds = time.perf_counter() - start
                 self._send_error(e)
             except _DISCONNECTED:
                 entry.error = "the client disconnected before the reply was sent"
@@ -451,8 +450,8 @@ def _handler_class(server: Server) -> type[BaseHTTPRequestHandler]:
                 failure = ApiError(500, f"internal error: {e}", kind="server_error")
                 entry.status, entry.error = failure.status, failure.message
                 self._send_error(failure)
-            entry.seconds = time.perf_counter() - start
-            server._record(entry)
+            if server.on_request is not None:
+                server.on_request(entry)
 
         def _body(self) -> Any:
             try:
@@ -467,7 +466,7 @@ def _handler_class(server: Server) -> type[BaseHTTPRequestHandler]:
             except (ValueError, UnicodeDecodeError) as e:
                 raise ApiError(400, f"the request body is not valid JSON: {e}") from None
 
-        def _chat(self, entry: ServedRequest) -> None:
+        def _chat(self, entry: ServedRequest, start: float) -> None:
             body = self._body()
             tools, budget = server.check(body)
             entry.stream, entry.tools = bool(body.get("stream")), len(tools)
@@ -476,6 +475,7 @@ def _handler_class(server: Server) -> type[BaseHTTPRequestHandler]:
             entry.tool, entry.arguments, entry.text = reply.tool, reply.arguments, reply.content
             entry.prompt_tokens = completion.prompt_tokens
             entry.completion_tokens = completion.completion_tokens
+            entry.status, entry.seconds = 200, time.perf_counter() - start
             rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
             model = str(body["model"])
             if not entry.stream:
