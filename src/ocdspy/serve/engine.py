@@ -5,16 +5,17 @@ scores: `opencode_chat.render_prompt` turns the request into the prompt, and the
 decoded under `reply_grammar` of the request's tools, so it is `call: TOOL {json}` with valid
 arguments or `answer: TEXT`. `read_reply` turns that line into what OpenCode expects.
 
-How big OpenCode's requests get (measured with OpenCode 1.18.33, a custom agent of about 330
-characters and the built-in model's tokenizer; tests/test_serve.py's integration test checks
-it): the first request of a turn rendered to 407 prompt tokens, the title request to 593. OpenCode
-sends the agent body, the environment block and a skills list as the system message (about
-4,000 characters with an exported agent) and 10 tool definitions of about 21,000 characters;
-the renderer leaves the tool definitions out of the prompt (they become the reply grammar), so a
-turn starts near 330 tokens plus the agent body, well inside the 8,192-token context. Each tool
-step adds its call line and a short outcome line. When the prompt plus the reply budget outgrows
-the context, `check_context` raises `ContextOverflow` and the server answers HTTP 400
-`context_length_exceeded` (the served `limit.context` also lets OpenCode compact first).
+How big OpenCode's requests get (OpenCode 1.18.33, counted with the built-in model's tokenizer):
+with a custom agent of about 330 characters, the real first request of a turn (system message
+of about 1,400 characters: the body, the environment block, the skills list; 10 tool definitions
+of about 21,000 characters) rendered to 424 prompt tokens, and the title request to 593
+(tests/test_serve.py's integration test prints the first figure and bounds it). A system message
+of about 4,300 characters, the size an exported agent reaches, renders to about 820 tokens. The
+renderer leaves the tool definitions out of the prompt (they become the reply grammar), so a turn
+starts well inside the 8,192-token context; each tool step adds its call line and a short
+outcome line. When the prompt plus the reply budget outgrows the context, `check_context` raises
+`ContextOverflow` and the server answers HTTP 400 `context_length_exceeded` (the served
+`limit.context` also lets OpenCode compact the session first).
 """
 
 from __future__ import annotations
