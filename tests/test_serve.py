@@ -28,6 +28,7 @@ from ocdspy.opencode_chat import Environment, opencode_request, tool_definitions
 from ocdspy.serve import PROVIDER_ID, Completion, resolve_paths, serving, working_directory
 from ocdspy.serve.engine import read_reply
 from ocdspy.shipped import ContextOverflow, check_context
+from opencode_support.opencode_env import ensure_opencode, have_node, isolated_env, run_opencode
 from test_shipped import example
 
 REPO = Path(__file__).resolve().parents[1]
@@ -614,16 +615,11 @@ answer: I read todo.txt.
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(
-    not __import__("opencode_support.opencode_env").opencode_env.have_node(),
-    reason="node and npm are needed to install OpenCode",
-)
+@pytest.mark.skipif(not have_node(), reason="node and npm are needed to install OpenCode")
 def test_real_opencode_drives_the_built_in_model_through_serve(tmp_path: Path) -> None:
     """OpenCode 1.18.33 sends its real requests (streamed, 10 tools, a title request); the
     model's call is a real tool call OpenCode runs, with the relative path resolved. The
     agent's `steps` and OpenCode's timeout bound the run."""
-    from opencode_support.opencode_env import ensure_opencode, isolated_env, run_opencode
-
     binary = ensure_opencode("1.18.33")
     assert binary is not None
     project = tmp_path / "project"

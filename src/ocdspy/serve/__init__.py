@@ -20,10 +20,11 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from ocdspy.serve.engine import (
     DEFAULT_MODEL_ID,
+    PROVIDER_ID,
     REPLY_TOKENS,
     Completion,
     Engine,
@@ -47,8 +48,6 @@ __all__ = [
     "serving",
     "working_directory",
 ]
-
-PROVIDER_ID: Final = "ocdspy"
 
 
 def provider_config(

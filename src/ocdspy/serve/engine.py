@@ -41,6 +41,8 @@ from ocdspy.shipped import check_context
 # The id the built-in model is served under: the local provider's model name in ocdspy's config,
 # and the name OpenCode then writes into its environment block (as evaluate renders it).
 DEFAULT_MODEL_ID: Final = "smollm2-135m"
+# The provider id in opencode.json: OpenCode's model string is `ocdspy/<model id>`.
+PROVIDER_ID: Final = "ocdspy"
 DEFAULT_N_CTX: Final = 8192
 # A reply's default budget and its cap: a call line or a short answer fits (the built-in model
 # repeats itself to the end of any budget); OpenCode asks for the provider's `limit.output`,

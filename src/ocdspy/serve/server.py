@@ -26,7 +26,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
 from ocdspy.errors import OcdspyError
-from ocdspy.serve.engine import REPLY_TOKENS, Engine, Reply, read_reply, tool_name, tool_problem
+from ocdspy.serve.engine import (
+    PROVIDER_ID,
+    REPLY_TOKENS,
+    Engine,
+    Reply,
+    read_reply,
+    tool_name,
+    tool_problem,
+)
 from ocdspy.shipped import ContextOverflow, GrammarError
 
 CHAT_PATHS: Final = ("/v1/chat/completions", "/chat/completions")
@@ -182,10 +190,11 @@ class Server:
         self._count = 0
         self._lock = threading.Lock()
         try:
-            self._httpd = ThreadingHTTPServer((host, port), _handler_class(self))
+            self._httpd = _Httpd((host, port), Handler)
         except OSError as e:
             raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
         self._httpd.daemon_threads = True
+        self._httpd.app = self
         self.host = host
         self._thread: threading.Thread | None = None
 
@@ -235,7 +244,7 @@ class Server:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ApiError(400, "'model' is required", param="model")
-        if model not in (self.model_id, f"{_provider()}/{self.model_id}"):
+        if model not in (self.model_id, f"{PROVIDER_ID}/{self.model_id}"):
             raise ApiError(
                 404,
                 f"The model '{model}' does not exist; this server serves '{self.model_id}'",
@@ -291,12 +300,6 @@ def offered(tools: list[Any], choice: Any) -> list[Any]:
             )
         return chosen
     return tools
-
-
-def _provider() -> str:
-    from ocdspy.serve import PROVIDER_ID
-
-    return PROVIDER_ID
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,117 +386,122 @@ def models_body(model_id: str) -> dict[str, Any]:
 _DISCONNECTED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
-def _handler_class(server: Server) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        # One response per connection: a stream ends when the connection closes.
-        protocol_version = "HTTP/1.0"
-        server_version = "ocdspy-serve"
-        sys_version = ""
+class _Httpd(ThreadingHTTPServer):
+    app: Server
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # the server's own log says what happened
 
-        def _send_json(self, status: int, payload: Any, headers: Mapping[str, str] = {}) -> None:
-            data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
+class Handler(BaseHTTPRequestHandler):
+    """One request; the `Server` it belongs to is `self.server.app`."""
 
-        def _send_error(self, e: ApiError) -> None:
-            headers: dict[str, str] = {}
-            if e.status == 429:
-                headers["Retry-After"] = "1"
-            if e.status == 405:
-                headers["Allow"] = "POST" if self._path() in CHAT_PATHS else "GET"
-            with suppress(*_DISCONNECTED):
-                self._send_json(e.status, e.body(), headers)
+    server: _Httpd
 
-        def _path(self) -> str:
-            return self.path.split("?", 1)[0].rstrip("/") or "/"
+    # One response per connection: a stream ends when the connection closes.
+    protocol_version = "HTTP/1.0"
+    server_version = "ocdspy-serve"
+    sys_version = ""
 
-        def _other(self) -> None:
-            path = self._path()
-            if path in CHAT_PATHS or path in MODELS_PATHS:
-                self._send_error(ApiError(405, f"{self.command} is not allowed on {path}"))
-            else:
-                self._send_error(
-                    ApiError(404, f"Invalid URL ({self.command} {path})", code="not_found")
-                )
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the server's own log says what happened
 
-        do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _other
+    def _send_json(self, status: int, payload: Any, headers: Mapping[str, str] = {}) -> None:
+        data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
 
-        def do_GET(self) -> None:
-            if self._path() in MODELS_PATHS:
-                self._send_json(200, models_body(server.model_id))
-            else:
-                self._other()
+    def _send_error(self, e: ApiError) -> None:
+        headers: dict[str, str] = {}
+        if e.status == 429:
+            headers["Retry-After"] = "1"
+        if e.status == 405:
+            headers["Allow"] = "POST" if self._path() in CHAT_PATHS else "GET"
+        with suppress(*_DISCONNECTED):
+            self._send_json(e.status, e.body(), headers)
 
-        def do_POST(self) -> None:
-            if self._path() not in CHAT_PATHS:
-                self._other()
-                return
-            entry = server.new_entry()
-            start = time.perf_counter()
-            try:
-                self._chat(entry, start)
-            except ApiError as e:
-                entry.status, entry.error = e.status, e.message
-                entry.seconds = time.perf_counter() - start
-                self._send_error(e)
-            except _DISCONNECTED:
-                entry.error = "the client disconnected before the reply was sent"
-            except Exception as e:  # a bug of ours still gets an answer, not a dropped line
-                failure = ApiError(500, f"internal error: {e}", kind="server_error")
-                entry.status, entry.error = failure.status, failure.message
-                self._send_error(failure)
-            if server.on_request is not None:
-                server.on_request(entry)
+    def _path(self) -> str:
+        return self.path.split("?", 1)[0].rstrip("/") or "/"
 
-        def _body(self) -> Any:
-            try:
-                length = int(self.headers.get("Content-Length") or "")
-            except ValueError:
-                raise ApiError(411, "a Content-Length header is required") from None
-            if length > MAX_BODY:
-                raise ApiError(413, f"the request body is over {MAX_BODY} bytes")
-            raw = self.rfile.read(length)
-            try:
-                return json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    def _other(self) -> None:
+        path = self._path()
+        if path in CHAT_PATHS or path in MODELS_PATHS:
+            self._send_error(ApiError(405, f"{self.command} is not allowed on {path}"))
+        else:
+            self._send_error(
+                ApiError(404, f"Invalid URL ({self.command} {path})", code="not_found")
+            )
 
-        def _chat(self, entry: ServedRequest, start: float) -> None:
-            body = self._body()
-            tools, budget = server.check(body)
-            entry.stream, entry.tools = bool(body.get("stream")), len(tools)
-            request = {**body, "tools": tools}
-            reply, completion = server.answer(request, tools, budget)
-            entry.tool, entry.arguments, entry.text = reply.tool, reply.arguments, reply.content
-            entry.prompt_tokens = completion.prompt_tokens
-            entry.completion_tokens = completion.completion_tokens
-            entry.status, entry.seconds = 200, time.perf_counter() - start
-            rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-            model = str(body["model"])
-            if not entry.stream:
-                self._send_json(200, completion_body(reply, completion, rid=rid, model=model))
-                return
-            options = body.get("stream_options")
-            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.end_headers()
-            events = chunks(reply, completion, rid=rid, model=model, include_usage=include_usage)
-            for event in events:
-                self.wfile.write(
-                    b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n"
-                )
-                self.wfile.flush()
-            self.wfile.write(b"data: [DONE]\n\n")
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _other
+
+    def do_GET(self) -> None:
+        if self._path() in MODELS_PATHS:
+            self._send_json(200, models_body(self.server.app.model_id))
+        else:
+            self._other()
+
+    def do_POST(self) -> None:
+        if self._path() not in CHAT_PATHS:
+            self._other()
+            return
+        entry = self.server.app.new_entry()
+        start = time.perf_counter()
+        try:
+            self._chat(entry, start)
+        except ApiError as e:
+            entry.status, entry.error = e.status, e.message
+            entry.seconds = time.perf_counter() - start
+            self._send_error(e)
+        except _DISCONNECTED:
+            entry.error = "the client disconnected before the reply was sent"
+        except Exception as e:  # a bug of ours still gets an answer, not a dropped line
+            failure = ApiError(500, f"internal error: {e}", kind="server_error")
+            entry.status, entry.error = failure.status, failure.message
+            self._send_error(failure)
+        if self.server.app.on_request is not None:
+            self.server.app.on_request(entry)
+
+    def _body(self) -> Any:
+        try:
+            length = int(self.headers.get("Content-Length") or "")
+        except ValueError:
+            length = -1
+        if length < 0:
+            raise ApiError(411, "a Content-Length header is required")
+        if length > MAX_BODY:
+            raise ApiError(413, f"the request body is over {MAX_BODY} bytes")
+        raw = self.rfile.read(length)
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+
+    def _chat(self, entry: ServedRequest, start: float) -> None:
+        body = self._body()
+        tools, budget = self.server.app.check(body)
+        entry.stream, entry.tools = bool(body.get("stream")), len(tools)
+        request = {**body, "tools": tools}
+        reply, completion = self.server.app.answer(request, tools, budget)
+        entry.tool, entry.arguments, entry.text = reply.tool, reply.arguments, reply.content
+        entry.prompt_tokens = completion.prompt_tokens
+        entry.completion_tokens = completion.completion_tokens
+        entry.status, entry.seconds = 200, time.perf_counter() - start
+        rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        model = str(body["model"])
+        if not entry.stream:
+            self._send_json(200, completion_body(reply, completion, rid=rid, model=model))
+            return
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        events = chunks(reply, completion, rid=rid, model=model, include_usage=include_usage)
+        for event in events:
+            self.wfile.write(b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n")
             self.wfile.flush()
-
-    return Handler
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
