@@ -1233,6 +1233,57 @@ def _print_report(report: Report) -> None:
         )
 
 
+@app.command()
+@handle_errors
+def serve(
+    model_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--model-path", help="GGUF to serve (default: the built-in model).", dir_okay=False
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: a free one).", min=0, max=65535)] = 8080,
+    ctx: Annotated[
+        int | None, typer.Option("--ctx", help="Context size in tokens (default 8192).", min=256)
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="llama.cpp threads.", min=1)] = None,
+    queue: Annotated[
+        int, typer.Option(help="Requests that may wait for the model; more get HTTP 429.", min=0)
+    ] = 4,
+    max_tokens: Annotated[
+        int, typer.Option(help="A reply's token budget (a request may ask for less).", min=16)
+    ] = 256,
+) -> None:
+    """Serve the built-in model (or a GGUF) as an OpenAI-compatible endpoint OpenCode can drive."""
+    from ocdspy.serve import serving
+
+    def show(entry: Any) -> None:
+        err.print(entry.summary(), highlight=False, markup=False, soft_wrap=True)
+
+    try:
+        with serving(
+            model_path,
+            host,
+            port,
+            ctx,
+            n_threads=threads,
+            queue=queue,
+            reply_tokens=max_tokens,
+            on_request=show,
+        ) as srv:
+            out.print(
+                f"serving {srv.model_id} ({srv.n_ctx} tokens of context) at {srv.base_url}\n"
+                "add to opencode.json:",
+                highlight=False,
+            )
+            out.print(srv.snippet(), highlight=False, markup=False, soft_wrap=True)
+            out.print(f"then: opencode --model {srv.opencode_model} · Ctrl-C stops the server")
+            srv.wait()
+    except KeyboardInterrupt:
+        raise Interrupted("the server stopped") from None
+
+
 def main() -> None:
     app()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -240,6 +241,37 @@ def compare(
 # Models
 
 
+class ContextOverflow(ModelError):
+    """The rendered prompt plus the reply budget does not fit the model's context."""
+
+    def __init__(self, prompt_tokens: int, reply_tokens: int, n_ctx: int) -> None:
+        super().__init__(
+            f"the prompt is {prompt_tokens} tokens; with {reply_tokens} for the reply "
+            f"it outgrows the model's context of {n_ctx}"
+        )
+        self.prompt_tokens = prompt_tokens
+        self.reply_tokens = reply_tokens
+        self.n_ctx = n_ctx
+
+
+def check_context(prompt_tokens: int, reply_tokens: int, n_ctx: int) -> None:
+    """Raise ContextOverflow when the prompt and the reply budget outgrow `n_ctx`."""
+    if prompt_tokens + reply_tokens > n_ctx:
+        raise ContextOverflow(prompt_tokens, reply_tokens, n_ctx)
+
+
+class GrammarError(ModelError):
+    """llama.cpp cannot parse the grammar of a reply schema (it would crash on sampling)."""
+
+
+@dataclass(frozen=True)
+class LocalReply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop", or "length" when the reply was cut at its budget
+
+
 class LocalModelCall:
     """The built-in model (or any GGUF with a ChatML template): `render_prompt`'s text,
     decoded under a grammar built from its reply schema. Returns the reply's text: with
@@ -279,40 +311,52 @@ class LocalModelCall:
         self._grammars: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def _grammar(self, schema: dict[str, Any]) -> Any:
+    def _grammar(self, schema: dict[str, Any], llama: Any) -> Any:
         from llama_cpp import LlamaGrammar
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        from ocdspy.lm.local import grammar_parses
 
         key = json.dumps(schema, sort_keys=True)
         with self._lock:
             if key not in self._grammars:
-                self._grammars[key] = (
-                    LlamaGrammar.from_string(reply_grammar(schema), verbose=False)
-                    if self.reply_form == "line"
-                    else LlamaGrammar.from_json_schema(key, verbose=False)
+                text = (
+                    reply_grammar(schema) if self.reply_form == "line" else json_schema_to_gbnf(key)
                 )
+                # llama.cpp crashes the process when it samples under a grammar it cannot parse.
+                if not grammar_parses(llama, text):
+                    raise GrammarError("llama.cpp cannot parse the grammar of the reply schema")
+                self._grammars[key] = LlamaGrammar.from_string(text, verbose=False)
             return self._grammars[key]
 
     def __call__(self, request: dict[str, Any]) -> str:
+        return self.complete(request).text
+
+    def complete(self, request: dict[str, Any], *, max_tokens: int | None = None) -> LocalReply:
+        """The reply to `request` with its token counts; `max_tokens` overrides the budget."""
         from ocdspy.lm.local import _load
 
+        budget = max_tokens or self.max_tokens
         prompt, schema = render_prompt(request, self.rendering)
-        grammar = self._grammar(schema)
         model = _load(self.model_path, self.n_ctx, self.n_threads, self.seed)
+        grammar = self._grammar(schema, model.llama)
         with model.lock:
             tokens = model.llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-            if len(tokens) + self.max_tokens > self.n_ctx:
-                raise ModelError(
-                    f"the prompt is {len(tokens)} tokens; with {self.max_tokens} for the reply "
-                    f"it outgrows the model's context of {self.n_ctx}"
-                )
+            check_context(len(tokens), budget, self.n_ctx)
             out = model.llama.create_completion(
                 prompt=tokens,
                 grammar=grammar,
-                max_tokens=self.max_tokens,
+                max_tokens=budget,
                 temperature=0.0,
                 seed=self.seed,
             )
-        return str(out["choices"][0]["text"])
+        choice = out["choices"][0]
+        return LocalReply(
+            text=str(choice["text"]),
+            prompt_tokens=len(tokens),
+            completion_tokens=int((out.get("usage") or {}).get("completion_tokens", 0)),
+            finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+        )
 
 
 class ApiModelCall:

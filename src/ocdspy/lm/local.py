@@ -157,6 +157,21 @@ def _load(path: str, n_ctx: int, n_threads: int, seed: int) -> _Loaded:
         return found
 
 
+def grammar_parses(llama: Any, grammar: str) -> bool:
+    """Whether llama.cpp parses the GBNF `grammar` for `llama`'s vocabulary. Sampling under a
+    grammar it cannot parse crashes the process, so a grammar from outside is checked first."""
+    import llama_cpp
+
+    # (llama.cpp also prints its parse error on stderr.)
+    sampler = llama_cpp.llama_sampler_init_grammar(
+        llama._model.vocab, grammar.encode("utf-8"), b"root"
+    )
+    if not sampler:
+        return False
+    llama_cpp.llama_sampler_free(sampler)
+    return True
+
+
 def unload_all() -> None:
     """Forget every loaded model (their memory is freed when nothing else holds them)."""
     with _loaded_lock:
