@@ -210,7 +210,7 @@ def agent_text_for_run(text: str, policy: Mapping[str, Any]) -> str:
     front.setdefault("description", "agent under replay")
     front.setdefault("mode", "primary")
     head = yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000).strip()
-    return f"---\n{head}\n---\n\n{body.lstrip()}"
+    return f"---\n{head}\n---\n{body}"
 
 
 @dataclass

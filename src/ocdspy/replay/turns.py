@@ -20,6 +20,8 @@ from ocdspy.errors import DataError
 from ocdspy.sessions.opencode import SessionHeader
 from ocdspy.sessions.read import SessionRead
 
+_EDIT_TOOLS = frozenset({"edit", "write", "multiedit", "apply_patch"})
+
 
 class Call(BaseModel):
     """One tool call as the metric reads it: the tool and its main argument."""
@@ -68,6 +70,10 @@ def base_turn(ex: Example) -> ReplayTurn:
         turn_index=ex.turn_index,
         message=ex.task,
         tools=sorted({a.tool for a in ex.actions}),
+        # Until the store's `patch` parts say better: the files its edits named.
+        changed_files=sorted(
+            {a.target for a in ex.actions if a.tool in _EDIT_TOOLS and a.success is not False}
+        ),
         calls=[Call(tool=a.tool, target=a.target) for a in ex.actions],
         response=ex.response,
     )
@@ -124,10 +130,9 @@ def _fill(turn: ReplayTurn, read: SessionRead) -> None:
     turn.project_id = project if isinstance(project, str) else None
     snapshot = extra.get("snapshot")
     turn.snapshot = snapshot if isinstance(snapshot, str) else None
-    patched = extra.get("patchedFiles") or []
-    turn.changed_files = sorted(
-        {relative_to_cwd(p, turn.directory) for p in patched if isinstance(p, str)}
-    )
+    patched = [p for p in extra.get("patchedFiles") or [] if isinstance(p, str)]
+    if patched:
+        turn.changed_files = sorted({relative_to_cwd(p, turn.directory) for p in patched})
     # The message as typed (the split holds it redacted); the run sends it to the model.
     if recorded.input.task:
         turn.message = recorded.input.task
