@@ -588,3 +588,74 @@ def test_cli_replay_error_is_one_line(project: Path, fake_opencode: Path) -> Non
     )
     assert result.exit_code == 2
     assert "provider.nope: not declared" in result.output
+
+
+def test_ctrl_c_removes_the_workspace_and_keeps_finished_runs(
+    project: Path, fake_opencode: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    import ocdspy.replay.runner as runner
+    from ocdspy.errors import Interrupted
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    real = runner.run_agent
+    calls: list[str] = []
+
+    def interrupted_second(spec: RunSpec) -> RunResult:
+        calls.append(spec.agent)
+        if len(calls) == 2:
+            assert list(temp.glob("ocdspy-replay-*"))  # the workspace and HOME of this run
+            raise KeyboardInterrupt
+        return real(spec)
+
+    monkeypatch.setattr(runner, "run_agent", interrupted_second)
+    with pytest.raises(Interrupted, match="1 runs finished and saved in"):
+        _replay(project, fake_opencode, workspace=project / "src")
+    assert not list(temp.glob("ocdspy-replay-*"))
+    monkeypatch.setattr(runner, "run_agent", real)
+    again = _replay(project, fake_opencode, workspace=project / "src")
+    assert (again.ran, again.reused) == (1, 1)  # type: ignore[attr-defined]
+
+
+def test_without_model_replay_starts_and_stops_ocdspy_serve(
+    project: Path, fake_opencode: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+    import types
+
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def serving(**kwargs: object):  # type: ignore[no-untyped-def]
+        events.append(f"start {kwargs['host']}")
+        yield types.SimpleNamespace(
+            opencode_model="ocdspy/smollm",
+            provider_config=lambda: {"ocdspy": {"options": {"baseURL": "http://127.0.0.1:1/v1"}}},
+        )
+        events.append("stop")
+
+    monkeypatch.setitem(sys.modules, "ocdspy.serve", types.SimpleNamespace(serving=serving))
+    result = replay(
+        load_settings(None, cwd=project).settings,
+        opencode=fake_opencode,
+        workspace=project / "src",
+        limit=1,
+    )
+    assert events == ["start 127.0.0.1", "stop"]
+    assert result.report.model == "ocdspy/smollm"
+    assert _runs_log(tmp_path)[0]["config"]["provider"] == {  # type: ignore[index]
+        "ocdspy": {"options": {"baseURL": "http://127.0.0.1:1/v1"}}
+    }
+
+
+def test_without_model_or_serve_the_error_says_to_pass_model(
+    project: Path, fake_opencode: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ocdspy.errors import ModelError
+
+    monkeypatch.setitem(sys.modules, "ocdspy.serve", None)  # import fails
+    with pytest.raises(ModelError, match="ocdspy serve"):
+        replay(load_settings(None, cwd=project).settings, opencode=fake_opencode, limit=1)
