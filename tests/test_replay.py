@@ -212,7 +212,7 @@ def test_tokens_answer_and_errors_from_the_events() -> None:
 
 FAKE_OPENCODE = """#!{python}
 import json, os, subprocess, sys, time
-message = sys.argv[-1]
+message = sys.stdin.read()
 agent = sys.argv[sys.argv.index("--agent") + 1]
 def emit(kind, **part):
     print(json.dumps({{"type": kind, "part": part}}), flush=True)
@@ -531,14 +531,20 @@ def test_replay_from_a_folder_resumes_and_reruns_a_changed_agent(
     assert (src / "app.py").read_text() == "print('v1')\n"  # copied, never used in place
     seen = _runs_log(tmp_path)
     assert [r["agent"] for r in seen] == ["untuned", "tuned"] * 2
+    assert seen[0]["message"] == "fix app.py"  # as recorded, on standard input
     assert all("app.py" in r["files"] for r in seen)  # type: ignore[operator]
     tuned = seen[1]
     assert "model:" not in tuned["agent_file"]  # type: ignore[operator]
     assert tuned["config"]["provider"] == {"p": {"npm": "x"}}  # type: ignore[index]
     assert tuned["config"]["permission"]["*"] == "deny"  # type: ignore[index]
 
-    again = _replay(
-        project, fake_opencode, agents=[agent], workspace=src, verify="grep -q fixed app.py"
+    again = _replay(  # the same timeout as the default, given as an int
+        project,
+        fake_opencode,
+        agents=[agent],
+        workspace=src,
+        verify="grep -q fixed app.py",
+        timeout=300,
     )
     assert (again.ran, again.reused) == (0, 4)  # type: ignore[attr-defined]
     assert len(_runs_log(tmp_path)) == 4

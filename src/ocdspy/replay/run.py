@@ -286,8 +286,10 @@ class RunSpec:
 def run_agent(spec: RunSpec) -> RunResult:
     """Run OpenCode once and read its events as they come; end it on a loop, the step cap or
     the timeout. Ctrl-C kills the run and is raised again."""
+    # The message goes in on standard input: OpenCode takes it as is there, while a message
+    # given as an argument is quoted when it holds a space.
     args = [str(spec.opencode), "run", "--agent", spec.agent, "--model", spec.model]
-    args += ["--format", "json", spec.message]
+    args += ["--format", "json"]
     watch = Watch(max_steps=spec.max_steps, workspace=str(spec.workspace))
     stderr_path = Path(spec.env["HOME"]) / "opencode-stderr.txt"
     started = time.monotonic()
@@ -297,13 +299,14 @@ def run_agent(spec: RunSpec) -> RunResult:
                 args,
                 cwd=spec.workspace,
                 env=spec.env,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 start_new_session=True,
             )
         except OSError as e:
             raise DataError(f"{spec.opencode}: cannot run OpenCode ({e.strerror or e})") from None
+        threading.Thread(target=_send, args=(proc, spec.message), daemon=True).start()
         try:
             status = _follow(proc, watch, started + spec.timeout)
         finally:
@@ -325,6 +328,14 @@ def run_agent(spec: RunSpec) -> RunResult:
         if not watch.errors:
             result.errors.append(_stderr_line(stderr_path, proc.returncode))
     return result
+
+
+def _send(proc: subprocess.Popen[bytes], message: str) -> None:
+    assert proc.stdin is not None
+    with contextlib.suppress(OSError):
+        proc.stdin.write(message.encode("utf-8"))
+    with contextlib.suppress(OSError):
+        proc.stdin.close()
 
 
 def _follow(proc: subprocess.Popen[bytes], watch: Watch, deadline: float) -> Status | None:
