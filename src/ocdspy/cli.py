@@ -1284,6 +1284,102 @@ def serve(
         raise Interrupted("the server stopped") from None
 
 
+@app.command()
+@handle_errors
+def replay(
+    config: ConfigOpt = None,
+    agent: Annotated[
+        list[Path] | None,
+        typer.Option("--agent", help="Agent file to replay (repeatable).", dir_okay=False),
+    ] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(help="Agent file to compare against (default: untuned).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="provider/model of your OpenCode config (default: ocdspy serve)."),
+    ] = None,
+    opencode_config: Annotated[
+        Path | None,
+        typer.Option(help="OpenCode config to take --model's provider from.", dir_okay=False),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Replay at most N turns.", min=1)] = None,
+    verify: Annotated[
+        str | None, typer.Option(help='Command run in the workspace after each run ("pytest -q").')
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds before a run is killed.", min=1)] = 300,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Step cap (default: the agent's steps, else 25).", min=1)
+    ] = None,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(help="Folder to copy when a snapshot is missing.", file_okay=False),
+    ] = None,
+    revision: Annotated[
+        str | None, typer.Option(help="Git revision (of this folder's repo) when one is missing.")
+    ] = None,
+    opencode: Annotated[
+        Path | None, typer.Option(help="The opencode binary (default: from PATH).", dir_okay=False)
+    ] = None,
+    db: StoreDb = None,
+    storage: StoreFolder = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-run the held-out turns in real OpenCode (baseline and each agent) and score what
+    happened. Your checkout, OpenCode store and config are never written."""
+    from ocdspy.replay import replay as run_replay
+
+    def say(line: str) -> None:
+        if not as_json:
+            err.print(_text(line), highlight=False, soft_wrap=True)
+
+    result = run_replay(
+        _settings(config),
+        agents=agent or (),
+        baseline=baseline,
+        model=model,
+        opencode_config=opencode_config,
+        limit=limit,
+        verify=verify,
+        timeout=timeout,
+        max_steps=max_steps,
+        workspace=workspace,
+        revision=revision,
+        opencode=opencode,
+        db=db,
+        storage=storage,
+        say=say,
+    )
+    report = result.report
+    if as_json:
+        out.print_json(report.model_dump_json())
+        return
+    table = Table(
+        "agent",
+        _right("score"),
+        _right("files F1"),
+        "ok/error/loop/step-cap/timeout",
+        _right("difference [95% CI]"),
+        title=f"replay of {len(report.turns)} held-out turns ({report.model})",
+    )
+    for entry in (report.baseline, *report.agents):
+        d = entry.difference
+        diff = "-" if d is None else f"{d.mean:+.1f} [{d.ci_low:+.1f}, {d.ci_high:+.1f}]"
+        statuses = "/".join(
+            str(entry.statuses.get(s, 0)) for s in ("ok", "error", "loop", "step-cap", "timeout")
+        )
+        table.add_row(
+            _text(entry.name),
+            _score_cell(entry.score),
+            f"{entry.files_f1:.0f}",
+            statuses,
+            "baseline" if entry is report.baseline else diff,
+        )
+    out.print(table)
+    _line(f"runs: {result.ran} run, {result.reused} reused from {_rel(result.state_path)}")
+    _line(f"report: {_rel(result.markdown_path)} (and .json)")
+
+
 def main() -> None:
     app()
 

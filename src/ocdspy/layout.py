@@ -12,6 +12,8 @@
     outputs/programs/NAME.partial.run.json   and its record, never over a completed NAME
     outputs/logs/NAME/                   the optimizer's own logs (GEPA)
     outputs/reports/NAME.json, NAME.md   evaluate: the report of program NAME
+    outputs/reports/replay-NAME.json, .md   replay: agents re-run in OpenCode on held-out turns
+    outputs/reports/replay-NAME.state.json  replay: its finished runs (a re-run resumes there)
     outputs/prompts/AGENT.md             export: the agent file
     outputs/prompts/AGENT.meta.json      export: its provenance
     outputs/pipeline.json                pipeline: what each stage last ran on
@@ -44,6 +46,8 @@ TRACKING_STORE_FILE = "mlflow.db"
 TRACKING_ARTIFACTS_DIR = "mlartifacts"
 JSON_SUFFIX = ".json"
 AGENTS_REPORT_PREFIX = "agents-"
+REPLAY_REPORT_PREFIX = "replay-"
+STATE_SUFFIX = ".state.json"
 # Where OpenCode loads plugins, beside its `agents/` folder; export writes the demo plugin there
 # under outputs/prompts too.
 PLUGINS_DIR = "plugins"
@@ -215,6 +219,14 @@ class Project:
     def agents_report(self, stem: str) -> ReportFiles:
         """`evaluate --agent`'s report on agent files (`stem`: their names joined)."""
         return self.report(f"{AGENTS_REPORT_PREFIX}{stem}")
+
+    def replay_report(self, stem: str) -> ReportFiles:
+        """`replay`'s report (`stem`: the replayed agents' names joined)."""
+        return self.report(f"{REPLAY_REPORT_PREFIX}{stem}")
+
+    def replay_state(self, stem: str) -> Path:
+        """The finished runs of `replay_report(stem)`, so that a re-run skips them."""
+        return self.settings.outputs.reports_dir / f"{REPLAY_REPORT_PREFIX}{stem}{STATE_SUFFIX}"
 
     def report_of(self, program_file: Path) -> ReportFiles:
         """The report evaluate writes for the program at `program_file`."""

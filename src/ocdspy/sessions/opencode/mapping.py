@@ -310,6 +310,10 @@ class _Replies:
     tokens: _Tokens = field(default_factory=_Tokens)
     cost: float = 0.0
     errors: list[str] = field(default_factory=list)
+    # The worktree's snapshot tree before the first step, and the files OpenCode's `patch`
+    # parts name: what `replay` restores the turn from and scores its outcome against.
+    snapshot: str | None = None
+    patched_files: list[str] = field(default_factory=list)
 
     def file_modified(self, path: str) -> None:
         if path not in self.modified_files:
@@ -382,6 +386,11 @@ def _read_part(part: dict[str, Any], seen: _Replies, scope: _SessionScope) -> No
         for path in part.get("files") or []:
             if isinstance(path, str):
                 seen.file_modified(path)
+                if path not in seen.patched_files:
+                    seen.patched_files.append(path)
+    elif part_type == "step-start" and seen.snapshot is None and as_text(part.get("snapshot")):
+        seen.ignored_parts[part_type] += 1
+        seen.snapshot = str(part["snapshot"])
     elif part_type in KNOWN_PART_TYPES:
         if part_type != "text":
             seen.ignored_parts[str(part_type)] += 1
@@ -568,6 +577,10 @@ def _turn_extra(messages: _TurnMessages, replies: _Replies) -> dict[str, Any]:
         extra["ignoredParts"] = dict(sorted(replies.ignored_parts.items()))
     if messages.continued:
         extra["continuedAfterCompaction"] = messages.continued
+    if replies.snapshot:
+        extra["snapshot"] = replies.snapshot
+    if replies.patched_files:
+        extra["patchedFiles"] = replies.patched_files
     return extra
 
 
