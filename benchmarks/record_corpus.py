@@ -397,8 +397,23 @@ def keep_store(env: dict, dest: Path) -> int:
     # Git's sample hooks are most of the files and none of the content.
     skip = shutil.ignore_patterns("*.sample")
     shutil.copytree(src / "snapshot", dest / "snapshot", symlinks=True, ignore=skip)
+    for alternates in (dest / "snapshot").glob("*/*/objects/info/alternates"):
+        self_contained(alternates.parents[2])
     kept = [dest / "opencode.db", *(dest / "snapshot").rglob("*")]
     return sum(p.stat().st_size for p in kept if p.is_file())
+
+
+def self_contained(git_dir: Path) -> None:
+    """OpenCode's snapshot repository borrows the project's own objects (git alternates to
+    `<project>/.git/objects`), and its trees are reachable from no ref: copy the borrowed
+    objects in (content-addressed files, so nothing is overwritten with other content) and drop
+    the link, so the copy restores without the project folder."""
+    alternates = git_dir / "objects" / "info" / "alternates"
+    for line in alternates.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            skip = shutil.ignore_patterns("info", "*.sample")
+            shutil.copytree(line.strip(), git_dir / "objects", ignore=skip, dirs_exist_ok=True)
+    alternates.unlink()
 
 
 def record(
