@@ -13,6 +13,11 @@ the other, each `opencode run` under a timeout. Afterwards every session is expo
 `opencode export` into OUT/exports/<project>/<sessionID>.json, and OUT/manifest.json records what
 each session is and whether the exit codes of its bash calls were the ones the trajectory expected.
 
+`--store DIR` also keeps OpenCode's own store: DIR/opencode.db (one self-contained file) and
+DIR/snapshot/ (the snapshot git repositories every turn's `step-start` points into), which is
+what `ocdspy collect --db` and `ocdspy replay --db` read. `--per-kind N` records at most N
+sessions of each task kind per project (with `--limit`: a small corpus of many kinds).
+
 Needs node + npm (OpenCode is installed from npm once into ~/.cache/ocdspy-tests), ripgrep, git,
 make and a python3 with pytest on PATH.
 """
@@ -49,6 +54,7 @@ from tests.opencode_support.opencode_env import (  # noqa: E402
     isolated_env,
     run_opencode,
 )
+from tests.opencode_support.record import copy_db  # noqa: E402
 
 #: bash allowed except ``rm`` (denied) and ``git push`` ("ask": auto-rejected headless).
 PERMISSION = {"bash": {"*": "allow", "rm *": "deny", "git push *": "ask"}, "edit": "allow"}
@@ -359,6 +365,57 @@ def manifest_entry(rec: Recorded, docs: dict[str, dict]) -> dict:
     }
 
 
+def choose(
+    sessions: list[ct.Session],
+    kinds: set[str] | None = None,
+    limit: int | None = None,
+    per_kind: int | None = None,
+) -> list[ct.Session]:
+    """The sessions of ``kinds``, at most ``per_kind`` of a kind and ``limit`` per project,
+    in plan order."""
+    chosen: list[ct.Session] = []
+    for pr in PROJECTS:
+        seen: Counter[str] = Counter()
+        mine: list[ct.Session] = []
+        for s in sessions:
+            if s.project != pr.name or (kinds and s.kind not in kinds):
+                continue
+            if per_kind is not None and seen[s.kind] >= per_kind:
+                continue
+            seen[s.kind] += 1
+            mine.append(s)
+        chosen += mine[:limit] if limit is not None else mine
+    return chosen
+
+
+def keep_store(env: dict, dest: Path) -> int:
+    """Copy OpenCode's store (opencode.db and snapshot/) into ``dest``; returns its bytes."""
+    src = data_dir(env)
+    if (dest / "snapshot").exists():
+        shutil.rmtree(dest / "snapshot")
+    copy_db(src / "opencode.db", dest / "opencode.db")
+    # Git's sample hooks are most of the files and none of the content.
+    skip = shutil.ignore_patterns("*.sample")
+    shutil.copytree(src / "snapshot", dest / "snapshot", symlinks=True, ignore=skip)
+    for alternates in (dest / "snapshot").glob("*/*/objects/info/alternates"):
+        self_contained(alternates.parents[2])
+    kept = [dest / "opencode.db", *(dest / "snapshot").rglob("*")]
+    return sum(p.stat().st_size for p in kept if p.is_file())
+
+
+def self_contained(git_dir: Path) -> None:
+    """OpenCode's snapshot repository borrows the project's own objects (git alternates to
+    `<project>/.git/objects`), and its trees are reachable from no ref: copy the borrowed
+    objects in (content-addressed files, so nothing is overwritten with other content) and drop
+    the link, so the copy restores without the project folder."""
+    alternates = git_dir / "objects" / "info" / "alternates"
+    for line in alternates.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            skip = shutil.ignore_patterns("info", "*.sample")
+            shutil.copytree(line.strip(), git_dir / "objects", ignore=skip, dirs_exist_ok=True)
+    alternates.unlink()
+
+
 def record(
     out: Path,
     work: Path,
@@ -367,16 +424,17 @@ def record(
     timeout: float,
     log: Callable[[str], None],
     kinds: set[str] | None = None,
+    *,
+    per_kind: int | None = None,
+    store: Path | None = None,
 ) -> dict:
-    """Record the planned sessions (of ``kinds``; the first ``limit`` per project) into ``out``."""
+    """Record the planned sessions (see `choose`) into ``out``; with ``store``, keep
+    OpenCode's store there too."""
     started = time.monotonic()
     binary = ensure_opencode(DEFAULT_VERSION)
     if binary is None:
         raise SystemExit("node/npm not found: cannot install OpenCode")
-    sessions = [s for s in plan(work, seed) if not kinds or s.kind in kinds]
-    if limit is not None:
-        by_project = [[s for s in sessions if s.project == pr.name][:limit] for pr in PROJECTS]
-        sessions = [s for group in by_project for s in group]
+    sessions = choose(plan(work, seed), kinds, limit, per_kind)
     resp = Responder()
     server = FakeOpenAI(resp).start()
     recs: list[Recorded] = []
@@ -402,6 +460,9 @@ def record(
             for sid in rec.ids:
                 dest = exports / rec.session.project / f"{sid}.json"
                 docs[sid] = export(binary, sid, env, work / rec.session.project, dest, timeout)
+        if store is not None:
+            size = keep_store(env, store)
+            log(f"kept OpenCode's store in {store} ({size / 1e6:.1f} MB)")
     finally:
         server.stop()
     manifest = {
@@ -577,6 +638,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="record only the first N sessions per project")
     ap.add_argument("--timeout", type=float, default=120, help="seconds per opencode run")
     ap.add_argument("--kinds", help="comma-separated task kinds to record (default: all)")
+    ap.add_argument("--per-kind", type=int, help="at most N sessions of a kind per project")
+    ap.add_argument(
+        "--store", type=Path, help="also keep OpenCode's store (opencode.db, snapshot/) here"
+    )
     ap.add_argument("--check", action="store_true", help="check the seed projects and exit")
     ap.add_argument("--readme", action="store_true", help="rewrite OUT/README.md from the manifest")
     args = ap.parse_args(argv)
@@ -596,7 +661,17 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     kinds = set(args.kinds.split(",")) if args.kinds else None
-    manifest = record(args.out, args.work_dir, args.seed, args.limit, args.timeout, log, kinds)
+    manifest = record(
+        args.out,
+        args.work_dir,
+        args.seed,
+        args.limit,
+        args.timeout,
+        log,
+        kinds,
+        per_kind=args.per_kind,
+        store=args.store,
+    )
     write_readme(args.out, manifest)
     print(summary(manifest))
     return 0

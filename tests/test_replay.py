@@ -665,3 +665,19 @@ def test_without_model_or_serve_the_error_says_to_pass_model(
     monkeypatch.setitem(sys.modules, "ocdspy.serve", None)  # import fails
     with pytest.raises(ModelError, match="ocdspy serve"):
         replay(load_settings(None, cwd=project).settings, opencode=fake_opencode, limit=1)
+
+
+def test_a_snapshot_restores_when_its_recorded_worktree_is_gone(tmp_path: Path) -> None:
+    """OpenCode 1.18.33 writes `core.worktree = <the session's folder>` into each snapshot
+    repository; git refuses any command there once that folder's parent is gone (another
+    machine, a moved checkout) unless the work tree is given on the command line."""
+    data = tmp_path / "data"
+    tree = _snapshot_store(data, "p1", "/gone/project", {"a.py": "print(1)\n"})
+    git_dir = ws.snapshot_git_dir(data, "p1", "/gone/project")
+    _git("--git-dir", str(git_dir), "config", "core.bare", "false")
+    _git("--git-dir", str(git_dir), "config", "core.worktree", str(tmp_path / "gone" / "project"))
+    found = ws.find_snapshot(data, "p1", "/gone/project", tree)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    ws.restore_snapshot(found, tree, dest)
+    assert (dest / "a.py").read_text() == "print(1)\n"

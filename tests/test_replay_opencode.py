@@ -7,64 +7,51 @@ Needs node/npm (the CI installs them): without them the test fails, it does not 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import stat
 import tempfile
 from pathlib import Path
 
 import pytest
-from tests.opencode_support.fake_openai import FakeOpenAI, Script, call, hang, text, tools
-from tests.opencode_support.opencode_env import (
-    MODEL,
-    data_dir,
-    ensure_opencode,
-    isolated_env,
-    provider_config,
-    run_opencode,
+from tests.opencode_support.fake_openai import (
+    FakeOpenAI,
+    Script,
+    call,
+    hang,
+    system_text,
+    text,
+    tools,
 )
-from tests.opencode_support.record import PERMISSION, make_project
+from tests.opencode_support.opencode_env import MODEL, ensure_opencode, provider_config
+from tests.opencode_support.replay_recording import (
+    BUG,
+    FIX,
+    MARKER,
+    TESTS,
+    TURNS,
+    build_project,
+    record,
+    tree_hash,
+)
 from typer.testing import CliRunner
 
 from ocdspy.cli import app
-from ocdspy.collect import collect
 from ocdspy.config import load_settings
-from ocdspy.convert import convert, load_examples
+from ocdspy.layout import PLUGINS_DIR
+from ocdspy.plugin import write_plugin
+from ocdspy.program.select import TurnState, build_pool, render_selection, select
 from ocdspy.replay import replay
-from ocdspy.split import assign, split
-
-MARKER = "# state-at-recording: 7f3a"
-BUG = "return self.quantity + self.unit_price"
-FIX = "return self.quantity * self.unit_price"
-TESTS = "python3 -m unittest discover -s tests -q"
-
-TURNS = {
-    "fixtotal": "Please fixtotal: LineItem.total adds quantity and price instead of multiplying.",
-    "loopcase": "loopcase: summarise what README.md says.",
-    "hangcase": "hangcase: what does invoice_tool/report.py do?",
-    "filler": "filler: show me data/invoices.csv.",
-}
+from ocdspy.split import load_split
 
 
-def _recording_script(project: Path) -> Script:
-    p = lambda rel: str(project / rel)  # noqa: E731  absolute, as models send them
-    return Script(
-        {
-            "fixtotal": [
-                tools(call("read", filePath=p("invoice_tool/models.py"))),
-                tools(
-                    call("edit", filePath=p("invoice_tool/models.py"), oldString=BUG, newString=FIX)
-                ),
-                text("Fixed LineItem.total: it multiplies now."),
-            ],
-            "loopcase": [tools(call("read", filePath=p("README.md"))), text("A CSV invoice tool.")],
-            "hangcase": [
-                tools(call("read", filePath=p("invoice_tool/report.py"))),
-                text("It loads invoices from CSV and renders totals."),
-            ],
-            "filler": [tools(call("read", filePath=p("data/invoices.csv"))), text("Four rows.")],
-        }
-    )
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(opencode binary, project, opencode.db): one session per turn of TURNS, recorded once
+    for the module."""
+    binary = ensure_opencode()
+    assert binary is not None, "node and npm are needed to install OpenCode 1.18.33"
+    project, db = record(tmp_path_factory.mktemp("rec"), binary)
+    return binary, project, db
 
 
 def _replay_script() -> Script:
@@ -85,51 +72,16 @@ def _replay_script() -> Script:
     )
 
 
-def _record(tmp_path: Path, binary: Path) -> tuple[Path, Path]:
-    """Record one session per turn of TURNS; returns (project, opencode.db)."""
-    work = tmp_path / "rec"
-    project = work / "invoice-tool"
-    with FakeOpenAI(_recording_script(project)) as server:
-        env = isolated_env(work, server.base_url, config={"permission": PERMISSION})
-        make_project(project, env)
-        models = project / "invoice_tool" / "models.py"
-        # Uncommitted: only the snapshot holds this state, not the repository.
-        models.write_text(models.read_text() + f"\n{MARKER}\n")
-        for message in TURNS.values():
-            res = run_opencode(binary, ["run", "--model", MODEL, message], env=env, cwd=project)
-            assert res.returncode == 0, res.stderr
-    return project, data_dir(env) / "opencode.db"
-
-
-def _tree_hash(root: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
-
-
-def _split_with_filler_in_train(examples: Path, splits: Path) -> None:
-    """Split with the first seed that leaves the three replayed turns held out."""
-    loaded = load_examples(examples)
-    for seed in range(200):
-        train, _ = assign(loaded, train_fraction=0.2, seed=seed)
-        # `opencode run` records a message given on its command line in quotes.
-        if [e.task.strip('"') for e in train] == [TURNS["filler"]]:
-            split(examples, splits, train_fraction=0.2, seed=seed)
-            return
-    raise AssertionError("no seed puts only the filler session in train")
-
-
-def test_replay_in_real_opencode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    binary = ensure_opencode()
-    assert binary is not None, "node and npm are needed to install OpenCode 1.18.33"
-    project, db = _record(tmp_path, binary)
+def test_replay_in_real_opencode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recording: tuple[Path, Path, Path]
+) -> None:
+    binary, project, db = recording
     # The checkout moves on after the recording: the replay must not read it.
     models = project / "invoice_tool" / "models.py"
     models.write_text("# rewritten after the recording\n")
     store = db.parent
-    store_before = (_tree_hash(store / "snapshot"), db.read_bytes())
-    checkout_before = _tree_hash(project)
+    store_before = (tree_hash(store / "snapshot"), db.read_bytes())
+    checkout_before = tree_hash(project)
 
     root = tmp_path / "proj"
     root.mkdir()
@@ -137,9 +89,7 @@ def test_replay_in_real_opencode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    collect(Path("data/raw"), db=db)
-    convert([Path("data/raw")], Path("data/processed"))
-    _split_with_filler_in_train(Path("data/processed/examples.jsonl"), Path("data/splits"))
+    build_project(root, db, train=("filler",))
 
     user_config = tmp_path / "user-opencode.json"
     agent = root / "tuned.md"
@@ -204,8 +154,8 @@ def test_replay_in_real_opencode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert "| tuned |" in result.markdown_path.read_text()
     assert len(lines) == 6 and all("reused" not in line for line in lines)
-    assert (_tree_hash(store / "snapshot"), db.read_bytes()) == store_before
-    assert _tree_hash(project) == checkout_before
+    assert (tree_hash(store / "snapshot"), db.read_bytes()) == store_before
+    assert tree_hash(project) == checkout_before
     assert not list(temp.glob("ocdspy-replay-*"))
     assert len(runs) == 6
 
@@ -232,3 +182,60 @@ def test_replay_in_real_opencode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     )
     assert cli.exit_code == 0, cli.output
     assert "0 run, 6 reused" in cli.output
+
+
+TUNED_BODY = "TUNED-AGENT-BODY: read before you answer."
+
+
+def test_the_plugin_beside_an_agent_puts_its_demos_into_the_replayed_prompt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recording: tuple[Path, Path, Path]
+) -> None:
+    """An agent exported with its plugin (`plugins/ocdspy-NAME.js` + pool beside the .md) is
+    replayed with the plugin loaded: its requests carry the demos the selection rule picks;
+    the untuned baseline's carry none."""
+    binary, _, db = recording
+    root = tmp_path / "proj"
+    root.mkdir()
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    build_project(root, db, train=("filler", "loopcase", "hangcase"), fraction=0.75)
+    train = load_split(root / "data" / "splits").train
+    pool = build_pool("tuned", [(ex, s) for ex in train for s in range(len(ex.actions) + 1)], k=2)
+    assert len(pool.demos) >= 4
+    agent = root / "tuned.md"
+    agent.write_text(f"---\ndescription: Tuned for the test\nmode: primary\n---\n\n{TUNED_BODY}\n")
+    write_plugin(root / PLUGINS_DIR, "tuned", pool)
+
+    user_config = tmp_path / "user-opencode.json"
+    settings = load_settings(None, cwd=root).settings
+    script = Script(
+        {"fixtotal": [tools(call("read", filePath="invoice_tool/models.py")), text("ok")]}
+    )
+    with FakeOpenAI(script) as server:
+        user_config.write_text(json.dumps({"provider": provider_config(server.base_url)}))
+        result = replay(
+            settings,
+            agents=[agent],
+            model=MODEL,
+            opencode_config=user_config,
+            opencode=binary,
+            db=db,
+            timeout=60,
+        )
+        requests = list(server.requests)
+
+    report = result.report
+    assert [a.plugin for a in report.agents] == [True] and not report.baseline.plugin
+    (turn,) = report.turns
+    assert TURNS["fixtotal"] in turn.message
+    assert [r.run.status for r in turn.runs] == ["ok", "ok"]
+    # Only the agents' own requests: the replay names the session, so OpenCode asks the model
+    # for no title (which would queue in front of the run on `ocdspy serve`).
+    assert all(b.get("tools") for b in requests)
+    tuned = [b for b in requests if TUNED_BODY in system_text(b)]
+    untuned = [b for b in requests if TUNED_BODY not in system_text(b)]
+    assert len(tuned) == 2 and len(untuned) == 2
+    first = render_selection(pool, select(pool, TurnState(task=turn.message)))
+    assert first and first in system_text(tuned[0])
+    assert all(pool.intro in system_text(b) for b in tuned)
+    assert not any(pool.intro in system_text(b) for b in untuned)

@@ -120,6 +120,11 @@ def message_text(message: Mapping[str, Any]) -> str:
     return ""
 
 
+def system_text(body: Mapping[str, Any]) -> str:
+    """The system messages of a request, joined."""
+    return "\n".join(message_text(m) for m in body.get("messages", []) if m.get("role") == "system")
+
+
 class Script:
     """Responder for agent loops: scenario by marker word, step by position.
 

@@ -289,7 +289,9 @@ def run_agent(spec: RunSpec) -> RunResult:
     # The message goes in on standard input: OpenCode takes it as is there, while a message
     # given as an argument is quoted when it holds a space.
     args = [str(spec.opencode), "run", "--agent", spec.agent, "--model", spec.model]
-    args += ["--format", "json"]
+    # A title of our own: OpenCode then sends no title request, which on a one-at-a-time
+    # server (`ocdspy serve`) would run before the agent's first step and eat its timeout.
+    args += ["--format", "json", "--title", f"ocdspy replay: {spec.agent}"]
     watch = Watch(max_steps=spec.max_steps, workspace=str(spec.workspace))
     stderr_path = Path(spec.env["HOME"]) / "opencode-stderr.txt"
     started = time.monotonic()

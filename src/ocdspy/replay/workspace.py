@@ -70,8 +70,11 @@ def find_snapshot(data_dir: Path, project_id: str | None, directory: str | None,
 
 
 def _has_tree(git_dir: Path, tree: str) -> bool:
+    # OpenCode writes `core.worktree = <the session's folder>` into the repository; git refuses
+    # every command once that folder's parent is gone, unless a work tree is given here.
+    base = ["--git-dir", str(git_dir), "--work-tree", str(git_dir)]
     try:
-        return _git(["--git-dir", str(git_dir), "cat-file", "-t", tree]).strip() == "tree"
+        return _git([*base, "cat-file", "-t", tree]).strip() == "tree"
     except DataError:
         return False
 
