@@ -186,10 +186,19 @@ def test_export_writes_a_valid_agent_and_sidecar(tmp_path: Path) -> None:
         "temperature": 0.0,
     }
     assert body.lstrip().startswith(INSTRUCTIONS)
-    assert "## Worked examples" in body and "1. `read` `src/x.py`" in body
-    assert "**Next call:** `grep` `load_config`" in body
+    # The demos are training steps in the form the model meets at run time, one per point of
+    # a turn, in turn order (first call, after a read, after an edit, finishing).
+    demos = body.split("<example>")[1:]
+    last_lines = [d.split("</example>")[0].strip().splitlines()[-1] for d in demos]
+    assert [line.split(" ")[:2] for line in last_lines] == [
+        ["call:", "read"],
+        ["call:", "edit"],
+        ["call:", "bash"],
+        ["answer:"],
+    ]
+    assert "**Next call:**" not in body  # the program's untraced demos are not the file's
     assert "Read a file before editing it (3 of 3 edits did)" in body
-    assert "`pytest -q`" in body
+    assert "Commands this project uses: `pytest -q tests`" in body
     assert "${" not in body and "[[ ##" not in body and "augmented" not in body
     meta = ExportMeta.load(res.meta_path)
     assert meta.optimized_score == 48.9 and meta.sessions == 42

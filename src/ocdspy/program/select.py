@@ -324,9 +324,7 @@ def render_call_line(action: ExampleAction, cwd: str | None = None) -> str:
     return f"call: {action.tool} {args}"
 
 
-def state_lines(
-    task: str, actions: Sequence[ExampleAction], cwd: str | None = None
-) -> list[str]:
+def state_lines(task: str, actions: Sequence[ExampleAction], cwd: str | None = None) -> list[str]:
     """The state of a turn as a demo writes it, and as the live conversation is rendered for a
     local model (`opencode_chat`): the request, then each call with its short outcome. Paths
     under `cwd` (the recorded or live working directory) are written relative to it."""
@@ -388,12 +386,12 @@ def build_safe_pool(
     agent: str, steps: Sequence[tuple[Example, int]], *, k: int = 3, intro: str = DEFAULT_INTRO
 ) -> tuple[DemoPool, int]:
     """(the pool, how many steps were dropped because their text looks like a prompt injection)."""
-    kept = [(ex, s) for ex, s in steps if _step_injection(ex, s) is None]
+    kept = [(ex, s) for ex, s in steps if step_injection(ex, s) is None]
     demos = [demo_from_example(ex, s) for ex, s in kept]
     return DemoPool(agent=agent, k=k, intro=intro, demos=demos), len(steps) - len(kept)
 
 
-def _step_injection(example: Example, step: int) -> str | None:
+def step_injection(example: Example, step: int) -> str | None:
     """What a demo of this step would show (task, calls, results, answer) that reads as an
     instruction to the agent, or None."""
     shown: list[Any] = [example.task]
