@@ -313,6 +313,10 @@ class Guidance(BaseModel):
     commands: list[tuple[str, int]] = Field(default_factory=list)
     read_before_edit: tuple[int, int] = (0, 0)
     check_after_edit: tuple[int, int] = (0, 0)
+    sequences: list[tuple[str, int, str]] = Field(
+        default_factory=list,
+        description="(kind of task, sessions, its most common sequence of tool steps).",
+    )
 
 
 _CD_PREFIX = re.compile(r"^\s*cd\s+(?:\"[^\"]*\"|'[^']*'|\S+)\s*(?:&&|;)\s*")
@@ -335,6 +339,73 @@ def shell_command(line: str) -> str | None:
     return clip(redact_text(command), 80)
 
 
+# Kinds of task, first match wins; a small keyword rule on the turn's request (lowercased).
+TASK_KINDS: list[tuple[str, re.Pattern[str]]] = [
+    ("rename", re.compile(r"\brenam")),
+    (
+        "add a test",
+        re.compile(r"\b(?:add|write|create|cover)\b.*\btests?\b|\btests? (?:for|that)\b"),
+    ),
+    (
+        "list files",
+        re.compile(r"\b(?:list|show)\b.*\b(?:files|folders|directory)\b|\bwhat files\b"),
+    ),
+    ("explain", re.compile(r"^\W*(?:why|how|what|explain|describe)\b|\bexplain\b")),
+    ("fix a bug", re.compile(r"\b(?:fix|bug|fail|fails|failing|broken|crash|error|wrong)")),
+    ("search", re.compile(r"\b(?:where|find|search|look for|locate|which file)\b")),
+]
+SEQUENCE_STEPS = 6
+
+
+def task_kind(task: str) -> str:
+    """fix a bug, add a test, rename, explain, search, list files, or other."""
+    text = " ".join(task.lower().split())
+    return next((kind for kind, rule in TASK_KINDS if rule.search(text)), "other")
+
+
+def tool_sequence(example: Example) -> tuple[str, ...]:
+    """The turn's tools in order, a repeated tool once, at most `SEQUENCE_STEPS`."""
+    tools: list[str] = []
+    for action in example.actions:
+        if not tools or tools[-1] != action.tool:
+            tools.append(action.tool)
+    return tuple(tools[:SEQUENCE_STEPS])
+
+
+def learn_sequences(examples: Sequence[Example]) -> list[tuple[str, int, str]]:
+    """For each kind of task (`task_kind`, not "other") seen in at least 2 sessions: its most
+    common sequence of tool steps, a `bash` step written with the kind's most common command."""
+    sessions: dict[str, set[str]] = {}
+    sequences: dict[str, Counter[tuple[str, ...]]] = {}
+    commands: dict[str, Counter[str]] = {}
+    for example in examples:
+        kind = task_kind(example.task)
+        if kind == "other" or not example.actions:
+            continue
+        sessions.setdefault(kind, set()).add(example.session_id)
+        sequences.setdefault(kind, Counter())[tool_sequence(example)] += 1
+        for action in example.actions:
+            command = shell_command(action.target) if action.tool == "bash" else None
+            if command and injection_phrase(command) is None:
+                commands.setdefault(kind, Counter())[command] += 1
+    out = []
+    for kind, _ in TASK_KINDS:
+        if len(sessions.get(kind, ())) < 2:
+            continue
+        common = commands.get(kind, Counter()).most_common(1)
+        steps = [
+            _code(tool) + (f" {_code(common[0][0])}" if tool == "bash" and common else "")
+            for tool in _most_common(sequences[kind])
+        ]
+        out.append((kind, len(sessions[kind]), " → ".join(steps)))
+    return out
+
+
+def _most_common(counts: Counter[tuple[str, ...]]) -> tuple[str, ...]:
+    """The most frequent sequence; on a tie the shorter, then the first seen."""
+    return max(counts.items(), key=lambda kv: (kv[1], -len(kv[0])))[0]
+
+
 def learn_guidance(examples_path: Path | None) -> Guidance:
     """Tool-use habits of the recorded successful turns the program was optimized on."""
     guidance = Guidance()
@@ -346,9 +417,9 @@ def learn_guidance(examples_path: Path | None) -> Guidance:
     calls = 0
     read_before_edit = [0, 0]
     check_after_edit = [0, 0]
-    for example in load_examples(examples_path):
-        if not example.success:
-            continue
+    successful = [ex for ex in load_examples(examples_path) if ex.success]
+    guidance.sequences = learn_sequences(successful)
+    for example in successful:
         guidance.turns += 1
         sessions.add(example.session_id)
         actions = example.actions
@@ -408,6 +479,9 @@ def render_guidance(guidance: Guidance) -> str:
     if guidance.commands:
         cmds = ", ".join(_code(c) for c, _ in guidance.commands)
         lines.append(f"- Commands this project uses: {cmds}.")
+    if guidance.sequences:
+        lines.append("- The usual steps by kind of task:")
+        lines += [f"  - {kind} ({n} sessions): {steps}" for kind, n, steps in guidance.sequences]
     lines.append("- Finish with a short answer that says what changed and where.")
     return "\n".join(lines)
 
