@@ -120,7 +120,10 @@ def test_pipeline_runs_every_stage_then_skips_what_is_current(project: Path) -> 
     # A setting of the shipped files only redoes the ship and score stages.
     settings.optimization.ship_search_steps = 0
     settings.optimization.static_demo_tokens = 300
+    before = shipped.requests
     fourth = run_pipeline(settings, lms=lms(SchemaEngine()), lm_call=shipped)
+    # Only the score stage called a model: the run's summary counts its requests.
+    assert fourth.lm_calls == shipped.requests - before > 0
     statuses = {s.stage: s.status for s in fourth.stages}
     assert statuses["optimize"] == statuses["evaluate"] == "skipped"
     assert statuses["ship"] == statuses["score"] == "ran"

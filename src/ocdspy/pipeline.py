@@ -148,6 +148,7 @@ def run_pipeline(
 
         started = time.perf_counter()
         run = _Run(settings, force=force, progress=progress)
+        lm_call = _CountedCall(settings, lm_call)
         examples_path = run.validate_and_convert(lock_outputs)
         run.split(examples_path)
         program_file = run.optimize(name, lms)
@@ -163,10 +164,32 @@ def run_pipeline(
             overwrite=overwrite,
             shipped=shipped,
         )
+        run.add_usage(lm_call.usage())
         run.sum_usage()
         run.result.seconds = round(time.perf_counter() - started, 1)
         tracked.pipeline_done(settings, run.result)
         return run.result
+
+
+class _CountedCall:
+    """The target model as the ship and score stages call it: made only when a stage calls it
+    (`agents.lm_call_for` unless one was given), its requests counted for the run's summary."""
+
+    def __init__(self, settings: Settings, call: Any) -> None:
+        self.settings, self.call, self.calls = settings, call, 0
+
+    def __call__(self, request: dict[str, Any]) -> Any:
+        if self.call is None:
+            from ocdspy.agents import lm_call_for
+
+            self.call = lm_call_for(self.settings)
+        self.calls += 1
+        return self.call(request)
+
+    def usage(self) -> list[ModelUsage]:
+        target = self.settings.models.target
+        model = f"{target.provider}/{target.model}"
+        return [ModelUsage(role="target (shipped forms)", model=model, calls=self.calls)]
 
 
 class _Run:
