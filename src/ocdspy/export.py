@@ -880,25 +880,19 @@ def export_agent(
     `plugin` the demo plugin and its pool into `out_dir/plugins`; `install_to` copies them where
     OpenCode loads them. The description carries the installed form's score (plugin when one
     is written) as `shipped` measured this very body and pool, or says it was not scored.
-
-    The body's demos and the pool come from the training split (`examples_path`) as `ship`
-    says (`ocdspy.program.ship`; default: `pool_k` demos per step, the default budget)."""
+    Demos and pool: training turns (`examples_path`) as `ship` says (`ocdspy.program.ship`)."""
     warnings: list[str] = []
     _check_one_line(provider=target_provider, model=target_model)
     agent_name = _agent_name(name, target_model, warnings)
     _check_install_options(mode, install_to, set_default)
     parts = read_program(program_path)
     report = _read_report(report_path)
-    examples = _train_examples(examples_path)
     model = _opencode_model_or_warn(target_provider, target_model, warnings)
     dropped = split_demos(parts.demos)[1]
     if dropped:
         warnings.append(dropped_warning(dropped))
     plan = ship or ShipPlan(k=max(1, pool_k))
-    static_steps, pool = _shipped_demos(agent_name, parts, examples, plan, plugin=plugin)
-    body = render_body(
-        parts, learn_guidance(examples_path), examples=examples, static_steps=static_steps
-    )
+    body, shown, pool = _render_shipped(agent_name, parts, examples_path, plan, plugin=plugin)
     installed_form = "plugin" if pool is not None else "static"
     forms = _scores_or_warn(shipped, body, pool, installed_form, warnings)
     front = _front_matter(
@@ -934,11 +928,7 @@ def export_agent(
         sessions=sessions,
         target_model=f"{target_provider}/{target_model}",
         opencode_model=model,
-        demos=(
-            len(static_steps)
-            if static_steps is not None
-            else min(len(parts.demos) - dropped, DEMOS_SHOWN)
-        ),
+        demos=shown,
         demos_dropped=dropped,
         installed_form=installed_form,
         ship=plan,
@@ -1000,6 +990,17 @@ def _train_examples(examples_path: Path | None) -> list[Example]:
     if examples_path is None or not examples_path.is_file():
         return []
     return load_examples(examples_path)
+
+
+def _render_shipped(
+    agent: str, parts: ProgramParts, examples_path: Path | None, plan: ShipPlan, *, plugin: bool
+) -> tuple[str, int, DemoPool | None]:
+    """(the agent body, how many demos it shows, the plugin's pool or None)."""
+    examples = _train_examples(examples_path)
+    static, pool = _shipped_demos(agent, parts, examples, plan, plugin=plugin)
+    body = render_body(parts, learn_guidance(examples_path), examples=examples, static_steps=static)
+    program_demos = min(len(split_demos(parts.demos)[0]), DEMOS_SHOWN)
+    return body, len(static) if static is not None else program_demos, pool
 
 
 def _shipped_demos(
