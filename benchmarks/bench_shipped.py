@@ -1,7 +1,8 @@
 """Shipped forms scored as they reach the built-in model (issue 8).
 
     PYTHONPATH=src python benchmarks/bench_shipped.py [--threads 1] [--rendering open-near]
-        [--corpus benchmarks/corpus/exports] [--max-steps 120] [--k 3] [--static-demos 6]
+        [--corpus benchmarks/corpus/exports] [--max-steps 120] [--k 3]
+        [--static-tokens 1200 | --static-demos 6] [--pool-size N]
         [--forms neutral,static,plugin] [--json out.json]
 
 Converts the sessions (default `examples/data/raw`; `--corpus DIR` for another tree of
@@ -10,10 +11,11 @@ then scores every held-out step through `ocdspy.shipped.score_agent` with `Local
 (`opencode_chat.render_prompt` with `--rendering` + the reply grammar), for three agents:
 
   (i)   neutral: a one-line agent body;
-  (ii)  static: that body + N fixed training demos written by `select.render_demo`
-        (step i of training example i, so they cover first call ... final answer);
-  (iii) plugin: the neutral body + per step the plugin's demos, pool = every training step,
-        k per step.
+  (ii)  static: that body + the training demos `ship.plan_static` chooses within
+        `--static-tokens` (what export ships), or with `--static-demos N` the earlier rule,
+        N fixed demos (step i of training example i);
+  (iii) plugin: the neutral body + per step the plugin's demos from `ship.plan_pool` (every
+        distinct training step, or `--pool-size`), k per step.
 
 `--max-steps N` keeps whole held-out sessions, in an order fixed by a hash of their id, until
 N steps are reached (the same steps for every form and rendering).
@@ -35,7 +37,8 @@ from pathlib import Path
 
 from ocdspy.convert import Example, convert
 from ocdspy.opencode_chat import DEFAULT_RENDERING, RENDERINGS
-from ocdspy.program.select import DEFAULT_INTRO, DemoPool, build_pool, render_demo
+from ocdspy.program.select import DEFAULT_INTRO, DemoPool, render_demo
+from ocdspy.program.ship import plan_pool, plan_static
 from ocdspy.shipped import LocalModelCall, ShippedScore, compare, default_tools, score_agent
 from ocdspy.split import load_split, split
 
@@ -76,13 +79,20 @@ def load_data(corpus: Path, max_steps: int | None) -> tuple[list[Example], list[
 
 
 def agents(
-    train: Sequence[Example], k: int, static_demos: int
+    train: Sequence[Example],
+    k: int,
+    static_demos: int | None,
+    static_tokens: int,
+    pool_size: int | None,
 ) -> dict[str, tuple[str, DemoPool | None]]:
-    fixed = [(ex, min(i, len(ex.actions))) for i, ex in enumerate(train[:static_demos])]
+    if static_demos is not None:
+        fixed = [(ex, min(i, len(ex.actions))) for i, ex in enumerate(train[:static_demos])]
+    else:
+        fixed = plan_static(train, budget_tokens=static_tokens)
     static_body = (
         NEUTRAL + "\n\n" + DEFAULT_INTRO + "\n\n" + "\n\n".join(render_demo(e, s) for e, s in fixed)
     )
-    pool = build_pool("bench", [(e, s) for e in train for s in range(len(e.actions) + 1)], k=k)
+    pool = plan_pool("bench", train, k=k, size=pool_size)
     return {
         "neutral": (NEUTRAL, None),
         "static": (static_body, None),
@@ -97,7 +107,9 @@ def main() -> int:
     ap.add_argument("--corpus", type=Path, default=ROOT / "examples" / "data" / "raw")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--k", type=int, default=3, help="plugin demos per step")
-    ap.add_argument("--static-demos", type=int, default=6)
+    ap.add_argument("--static-demos", type=int, default=None, help="fixed demos (old rule)")
+    ap.add_argument("--static-tokens", type=int, default=1200, help="plan_static's budget")
+    ap.add_argument("--pool-size", type=int, default=None, help="default: derived")
     ap.add_argument("--forms", default=",".join(FORMS))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -107,12 +119,19 @@ def main() -> int:
 
     train, val = load_data(args.corpus, args.max_steps)
     tools = default_tools([*train, *val])
-    built = agents(train, args.k, args.static_demos)
+    built = agents(train, args.k, args.static_demos, args.static_tokens, args.pool_size)
+    static = (
+        f"{args.static_demos} fixed static demos"
+        if args.static_demos is not None
+        else f"static demos within {args.static_tokens} tokens "
+        f"({built['static'][0].count('<example>')} demos)"
+    )
+    pool = built["plugin"][1]
     print(
         f"{args.corpus.name}: {len(train)} train turns ({steps_of(train)} steps in the pool), "
         f"{len(val)} held-out turns in {len({e.session_id for e in val})} sessions, "
         f"{steps_of(val)} held-out steps; rendering {args.rendering}, k={args.k}, "
-        f"{args.static_demos} static demos; tools offered: {', '.join(tools)}"
+        f"pool {len(pool.demos) if pool else 0} demos, {static}; tools offered: {', '.join(tools)}"
     )
     model = LocalModelCall(n_threads=args.threads, rendering=args.rendering)
     scores: dict[str, ShippedScore] = {}

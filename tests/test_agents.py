@@ -111,3 +111,26 @@ def test_a_score_of_another_body_or_pool_is_not_this_files_score(tmp_path: Path)
     other_pool = DemoPool(agent="tuned", k=2, demos=[])
     assert set(shipped_forms(report.report, body, other_pool)) == {"static"}
     assert shipped_forms(report.report, "Another body.\n", pool) == {}
+
+
+def test_the_ship_search_reads_training_turns_only(tmp_path: Path) -> None:
+    from ocdspy.export import default_plan
+    from ocdspy.split import write_split
+    from test_export import saved_program
+    from test_optimize import example
+
+    settings = make_settings(tmp_path, ship_search_steps=100)
+    val = [example(100 + i).model_copy(update={"task": f"VAL-ONLY task {i}"}) for i in range(3)]
+    write_split(settings.data.splits_dir, [example(i) for i in range(6)], val)
+    seen: list[str] = []
+
+    def call(request: dict[str, Any]) -> str:
+        seen.append(json.dumps(request["messages"]))
+        return 'call: read {"filePath": "src/totals.py"}'
+
+    plan = agents_mod.search_ship(
+        settings, saved_program(tmp_path / "p.json"), default_plan(settings), lm_call=call
+    )
+    assert plan.searched and len(seen) == 6 * plan.sample_steps  # 3 budgets + 3 values of k
+    assert not any("VAL-ONLY" in text for text in seen)
+    assert {c.setting for c in plan.candidates} == {"static_demo_tokens", "demos_shown"}

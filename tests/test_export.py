@@ -186,10 +186,19 @@ def test_export_writes_a_valid_agent_and_sidecar(tmp_path: Path) -> None:
         "temperature": 0.0,
     }
     assert body.lstrip().startswith(INSTRUCTIONS)
-    assert "## Worked examples" in body and "1. `read` `src/x.py`" in body
-    assert "**Next call:** `grep` `load_config`" in body
+    # The demos are training steps in the form the model meets at run time, one per point of
+    # a turn, in turn order (first call, after a read, after an edit, finishing).
+    demos = body.split("<example>")[1:]
+    last_lines = [d.split("</example>")[0].strip().splitlines()[-1] for d in demos]
+    assert [line.split(" ")[:2] for line in last_lines] == [
+        ["call:", "read"],
+        ["call:", "edit"],
+        ["call:", "bash"],
+        ["answer:"],
+    ]
+    assert "**Next call:**" not in body  # the program's untraced demos are not the file's
     assert "Read a file before editing it (3 of 3 edits did)" in body
-    assert "`pytest -q`" in body
+    assert "Commands this project uses: `pytest -q tests`" in body
     assert "${" not in body and "[[ ##" not in body and "augmented" not in body
     meta = ExportMeta.load(res.meta_path)
     assert meta.optimized_score == 48.9 and meta.sessions == 42
@@ -535,3 +544,72 @@ def test_guidance_learns_the_command_not_the_cd_before_it(line: str, command: st
     from ocdspy.export import shell_command
 
     assert shell_command(line) == command
+
+
+@pytest.mark.parametrize(
+    ("task", "kind"),
+    [
+        ("The test test_empty_invoice_is_zero fails, fix it", "fix a bug"),
+        ("Write tests for tax_for covering every region", "add a test"),
+        ("Add a test that totals with two lines add 20% tax", "add a test"),
+        ("Rename line_total to line_amount everywhere", "rename"),
+        ("Why does sending invoices by mail fail with an auth error?", "explain"),
+        ("Where do we save invoices to disk?", "search"),
+        ("List the files in src", "list files"),
+        ("Bump the version to 0.4.0", "other"),
+    ],
+)
+def test_task_kinds(task: str, kind: str) -> None:
+    from ocdspy.export import task_kind
+
+    assert task_kind(task) == kind
+
+
+def test_guidance_writes_the_usual_tool_steps_by_kind_of_task(tmp_path: Path) -> None:
+    from ocdspy.export import learn_guidance, render_guidance
+
+    def turn(sid: str, task: str, calls: list[tuple[str, str]]) -> Example:
+        return Example(
+            id=f"{sid}/0",
+            session_id=sid,
+            turn_index=0,
+            source="s.json",
+            source_format="plugin",
+            task=task,
+            context="",
+            history="",
+            actions=[ExampleAction(step=n, tool=t, target=x) for n, (t, x) in enumerate(calls, 1)],
+            success=True,
+        )
+
+    fix = [
+        ("read", "a.py"),
+        ("edit", "a.py"),
+        ("edit", "a.py"),
+        ("bash", "cd /w && python3 -m pytest -q"),
+    ]
+    turns = [
+        turn("s1", "fix the crash in a.py", fix),
+        turn("s2", "the build fails, fix it", fix),
+        turn("s3", "Fix the off-by-one", [("read", "b.py"), ("bash", "python3 -m pytest -q")]),
+        turn("s4", "Rename foo to bar", [("grep", "foo"), ("edit", "a.py")]),  # one session
+    ]
+    write_jsonl_atomic(tmp_path / "train.jsonl", turns)
+    text = render_guidance(learn_guidance(tmp_path / "train.jsonl"))
+    assert "  - fix a bug (3 sessions): `read` → `edit` → `bash` `python3 -m pytest -q`" in text
+    assert "rename" not in text and "cd /w" not in text
+
+
+def test_guidance_sequences_on_the_example_sessions(tmp_path: Path) -> None:
+    from conftest import EXAMPLES
+    from ocdspy.convert import convert
+    from ocdspy.export import learn_guidance, render_guidance
+
+    converted = convert([EXAMPLES / "data" / "raw"], tmp_path / "p")
+    text = render_guidance(learn_guidance(converted.examples_path))
+    assert "- The usual steps by kind of task:" in text
+    assert (
+        "  - fix a bug (2 sessions): `read` → `edit` → `bash` `pytest -q tests/test_totals.py`"
+        in text
+    )
+    assert "  - add a test (2 sessions): `read` → `edit` → `bash`" in text

@@ -63,9 +63,16 @@ def test_pipeline_runs_every_stage_then_skips_what_is_current(project: Path) -> 
         ("split", "ran"),
         ("optimize", "ran"),
         ("evaluate", "ran"),
+        ("ship", "ran"),
         ("score", "ran"),
         ("export", "ran"),
     ]
+    # The ship stage chose the demos on training turns; the export records it as training-side.
+    plan = first.ship
+    assert plan is not None and plan.searched and plan.candidates
+    assert {c.form for c in plan.candidates} == {"static", "plugin"}
+    meta = json.loads(first.agent_path.with_suffix(".meta.json").read_text())  # type: ignore[union-attr]
+    assert meta["ship"]["k"] == plan.k and "training-side" in meta["ship"]["note"]
     # What ships is what was scored: the installed agent's description carries the score of
     # its installed form, measured on exactly its body (and the plugin's pool).
     assert first.installed_form == "plugin" and set(first.shipped) == {"static", "plugin"}
@@ -97,6 +104,7 @@ def test_pipeline_runs_every_stage_then_skips_what_is_current(project: Path) -> 
         ("split", "skipped"),
         ("optimize", "skipped"),
         ("evaluate", "skipped"),
+        ("ship", "skipped"),
         ("score", "skipped"),
         ("export", "ran"),
     ]
@@ -107,7 +115,20 @@ def test_pipeline_runs_every_stage_then_skips_what_is_current(project: Path) -> 
     # A changed setting redoes what depends on it, and only that.
     settings.data.seed = 5
     third = run_pipeline(settings, lms=lms(SchemaEngine()), lm_call=shipped)
-    assert [s.status for s in third.stages][1:6] == ["skipped", "ran", "ran", "ran", "ran"]
+    assert [s.status for s in third.stages][1:7] == ["skipped", "ran", "ran", "ran", "ran", "ran"]
+
+    # A setting of the shipped files only redoes the ship and score stages.
+    settings.optimization.ship_search_steps = 0
+    settings.optimization.static_demo_tokens = 300
+    before = shipped.requests
+    fourth = run_pipeline(settings, lms=lms(SchemaEngine()), lm_call=shipped)
+    # Only the score stage called a model: the run's summary counts its requests.
+    assert fourth.lm_calls == shipped.requests - before > 0
+    statuses = {s.stage: s.status for s in fourth.stages}
+    assert statuses["optimize"] == statuses["evaluate"] == "skipped"
+    assert statuses["ship"] == statuses["score"] == "ran"
+    assert fourth.ship is not None and not fourth.ship.searched
+    assert fourth.ship.static_tokens == 300
 
 
 def test_pipeline_stops_on_unmet_data_requirements(project: Path) -> None:

@@ -24,6 +24,7 @@ from ocdspy.program.select import (
     build_pool,
     demo_from_example,
     load_pool,
+    project_relative,
     render_demo,
     render_selection,
     request_agent,
@@ -408,3 +409,50 @@ def test_pool_demos_are_sanitized_and_injections_dropped() -> None:
     for demo in pool.demos:
         for bad in ("\x07", "<|im_start|>", "<system>", "\n---\n"):
             assert bad not in demo.text and bad not in demo.task
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/home/dev/app/app.py", "app.py"),
+        ("/home/dev/app", "."),
+        ("cd /home/dev/app && python3 -m pytest -q", "cd . && python3 -m pytest -q"),
+        ("/home/dev/app2/x.py", "/home/dev/app2/x.py"),  # another directory, not a child
+        ("/srv/other.py", "/srv/other.py"),
+    ],
+)
+def test_project_relative(text: str, expected: str) -> None:
+    assert project_relative(text, "/home/dev/app/") == expected
+    assert project_relative(text, None) == text
+
+
+def test_demo_paths_are_relative_to_the_recorded_working_directory() -> None:
+    read = ExampleAction(
+        step=1,
+        tool="read",
+        target="app.py",
+        args={"filePath": "/home/dev/inventory-app/app.py"},
+        success=True,
+        result="<path>/home/dev/inventory-app/app.py</path>\nx = 1\n",
+    )
+    ex = example("fix it", [read]).model_copy(
+        update={"context": "project: /home/dev/inventory-app (python, 3 files)"}
+    )
+    text = render_demo(ex, 1)
+    assert 'call: read {"filePath": "app.py"}' in text
+    assert "/home/dev" not in text
+    # The same step from another checkout of the project renders the same.
+    moved = ex.model_copy(
+        update={
+            "context": "project: /srv/ci/inventory-app (python, 3 files)",
+            "actions": [
+                read.model_copy(
+                    update={
+                        "args": {"filePath": "/srv/ci/inventory-app/app.py"},
+                        "result": "<path>/srv/ci/inventory-app/app.py</path>\nx = 1\n",
+                    }
+                )
+            ],
+        }
+    )
+    assert render_demo(moved, 1) == text

@@ -30,7 +30,7 @@ from ocdspy.program.select import (
     select,
     state_from_example,
 )
-from ocdspy.shipped import compare, default_tools, score_agent
+from ocdspy.shipped import compare, default_tools, predicted, score_agent
 from ocdspy.split import load_split, split
 
 CAPTURED = Path(__file__).parent / "data" / "opencode-request" / "request.json"
@@ -113,8 +113,8 @@ def test_render_prompt_of_a_real_request_writes_the_demo_form() -> None:
     user = text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
     assert user.splitlines() == [
         'user: "fixbug please"',
-        'call: read {"filePath": "/tmp/shipped_probe/run/project/app.py"}',
-        "result: ok: <path>/tmp/shipped_probe/run/project/app.py</path> (7 lines)",
+        'call: read {"filePath": "app.py"}',  # relative to the env block's directory
+        "result: ok: <path>app.py</path> (7 lines)",
         'call: bash {"command": "python3 app.py"}',
         "result: ok: hi (2 lines)",
     ]
@@ -367,3 +367,13 @@ def test_a_body_with_demos_reaches_the_model_whole_in_every_rendering() -> None:
             assert all(d in text for d in demos)
         else:
             assert body in text
+
+
+def test_live_state_paths_are_relative_and_a_relative_reply_scores_as_an_absolute_one() -> None:
+    ex = example()
+    text, _ = render_prompt(opencode_request("B", ex, 1), "open-near")
+    assert 'call: read {"filePath": "calc.py"}' in text.split("<|im_start|>assistant\n")[1]
+    relative = parse_reply('call: edit {"filePath": "calc.py"}')
+    absolute = parse_reply('call: edit {"filePath": "/w/proj/calc.py"}')
+    assert predicted(relative, "/w/proj") == predicted(absolute, "/w/proj")
+    assert predicted(relative, "/w/proj")["target"] == ex.actions[1].target

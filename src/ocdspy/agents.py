@@ -25,6 +25,7 @@ from ocdspy.errors import DataError
 from ocdspy.evaluate import Difference
 from ocdspy.layout import Project, ReportFiles
 from ocdspy.program.select import DemoPool, load_pool, pool_sha256
+from ocdspy.program.ship import ShipPlan, Step
 from ocdspy.shipped import LmCall, ShippedScore, ShippedStep, compare, score_agent
 
 UNTUNED = "untuned"
@@ -189,6 +190,65 @@ class _Scorer:
             on_step=tick,
         )
         return result
+
+
+def search_ship(
+    settings: Settings,
+    program_file: Path,
+    base: ShipPlan,
+    *,
+    lm_call: LmCall | None = None,
+    on_step: Callable[[str, int, int], None] | None = None,
+) -> ShipPlan:
+    """`base` with the static demos' budget and the plugin's demos per step chosen by scoring
+    the shipped forms with the target model on training turns only (`ship.search_plan`:
+    `optimization.ship_search_steps` steps, leave-one-session-out). The validation split is
+    never read."""
+    from ocdspy.convert import load_examples
+    from ocdspy.export import learn_guidance, program_steps, read_program, render_body
+    from ocdspy.program.ship import BUDGET_FACTORS, K_CHOICES, search_plan, search_sample
+    from ocdspy.shipped import default_tools
+
+    train_path = Project(settings).splits.train
+    train = load_examples(train_path)
+    parts = read_program(program_file)
+    guidance = learn_guidance(train_path)
+    call = lm_call if lm_call is not None else lm_call_for(settings)
+    tools = default_tools(train)
+    steps = settings.optimization.ship_search_steps
+    choices = len(BUDGET_FACTORS) + len(K_CHOICES)
+    total = sum(len(e.actions) + 1 for e in search_sample(train, steps)) * choices
+    done = [0]
+
+    def body_for(static: list[Step]) -> str:
+        return render_body(parts, guidance, examples=train, static_steps=static)
+
+    def tick(_: ShippedStep) -> None:
+        done[0] += 1
+        if on_step is not None:
+            on_step("ship search (training turns)", done[0], total)
+
+    def scorer(body: str, turns: Sequence[Example], pool: DemoPool | None) -> list[float]:
+        result = score_agent(
+            body,
+            turns,
+            lm_call=call,
+            plugin_pool=pool,
+            tools=tools,
+            weights=settings.optimization.metric_weights,
+            model=settings.models.target.model,
+            on_step=tick,
+        )
+        return [r.score for r in result.results]
+
+    return search_plan(
+        train,
+        base,
+        body_for=body_for,
+        scorer=scorer,
+        max_steps=steps,
+        program_steps=program_steps(parts, train),
+    )
 
 
 def _agent_score(

@@ -170,9 +170,33 @@ class OptimizationSettings(_Section):
         description="Demos shown per call, picked from the optimized pool by "
         "similarity to the input (0: show every demo).",
     )
+    pool_size: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Demos in the plugin's pool (empty: every distinct training step, "
+        "up to 400 demos or about 1 MB).",
+    )
+    static_demo_tokens: int = Field(
+        1200,
+        ge=0,
+        le=100_000,
+        description="Token budget (characters / 4) of the agent file's own demos.",
+    )
+    ship_search_steps: int = Field(
+        12,
+        ge=0,
+        le=10_000,
+        description="Training steps the pipeline scores to choose the static budget and "
+        "the plugin's demos per step (0: no search, use the settings).",
+    )
     num_threads: int = Field(1, ge=1, le=MAX_THREADS)
     max_errors: int = Field(10, ge=0, le=1_000_000)
     seed: int = 9
+
+
+# What shapes only the shipped files (ocdspy.program.ship), not the optimized program.
+SHIP_SETTINGS = frozenset({"pool_size", "static_demo_tokens", "ship_search_steps"})
 
 
 class OutputSettings(_Section):

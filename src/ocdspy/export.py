@@ -47,8 +47,9 @@ from ocdspy.program.sanitize import (
     injection_phrase,
     split_demos,
 )
-from ocdspy.program.select import DEFAULT_INTRO, DemoPool, build_pool, pool_sha256
+from ocdspy.program.select import DEFAULT_INTRO, DemoPool, pool_sha256
 from ocdspy.program.select import render_demo as select_render_demo
+from ocdspy.program.ship import ShipPlan, Step, plan_pool, plan_static
 from ocdspy.redact import find_secrets, redact_text
 
 if TYPE_CHECKING:
@@ -129,6 +130,11 @@ class ExportMeta(Artifact):
     pool: str | None = Field(None, description="Its demo pool.")
     pool_demos: int = 0
     installed_form: str = Field("static", description="static, or plugin when one is written.")
+    ship: ShipPlan | None = Field(
+        None,
+        description="How the static demos and the pool were chosen; any scores in it are "
+        "training-side (the search's), not the held-out `shipped` scores.",
+    )
     shipped: dict[str, ShippedForm] = Field(
         default_factory=dict,
         description="Each form's score as it reaches the model (`evaluate --agent`), by form.",
@@ -307,6 +313,10 @@ class Guidance(BaseModel):
     commands: list[tuple[str, int]] = Field(default_factory=list)
     read_before_edit: tuple[int, int] = (0, 0)
     check_after_edit: tuple[int, int] = (0, 0)
+    sequences: list[tuple[str, int, str]] = Field(
+        default_factory=list,
+        description="(kind of task, sessions, its most common sequence of tool steps).",
+    )
 
 
 _CD_PREFIX = re.compile(r"^\s*cd\s+(?:\"[^\"]*\"|'[^']*'|\S+)\s*(?:&&|;)\s*")
@@ -329,6 +339,73 @@ def shell_command(line: str) -> str | None:
     return clip(redact_text(command), 80)
 
 
+# Kinds of task, first match wins; a small keyword rule on the turn's request (lowercased).
+TASK_KINDS: list[tuple[str, re.Pattern[str]]] = [
+    ("rename", re.compile(r"\brenam")),
+    (
+        "add a test",
+        re.compile(r"\b(?:add|write|create|cover)\b.*\btests?\b|\btests? (?:for|that)\b"),
+    ),
+    (
+        "list files",
+        re.compile(r"\b(?:list|show)\b.*\b(?:files|folders|directory)\b|\bwhat files\b"),
+    ),
+    ("explain", re.compile(r"^\W*(?:why|how|what|explain|describe)\b|\bexplain\b")),
+    ("fix a bug", re.compile(r"\b(?:fix|bug|fail|fails|failing|broken|crash|error|wrong)")),
+    ("search", re.compile(r"\b(?:where|find|search|look for|locate|which file)\b")),
+]
+SEQUENCE_STEPS = 6
+
+
+def task_kind(task: str) -> str:
+    """fix a bug, add a test, rename, explain, search, list files, or other."""
+    text = " ".join(task.lower().split())
+    return next((kind for kind, rule in TASK_KINDS if rule.search(text)), "other")
+
+
+def tool_sequence(example: Example) -> tuple[str, ...]:
+    """The turn's tools in order, a repeated tool once, at most `SEQUENCE_STEPS`."""
+    tools: list[str] = []
+    for action in example.actions:
+        if not tools or tools[-1] != action.tool:
+            tools.append(action.tool)
+    return tuple(tools[:SEQUENCE_STEPS])
+
+
+def learn_sequences(examples: Sequence[Example]) -> list[tuple[str, int, str]]:
+    """For each kind of task (`task_kind`, not "other") seen in at least 2 sessions: its most
+    common sequence of tool steps, a `bash` step written with the kind's most common command."""
+    sessions: dict[str, set[str]] = {}
+    sequences: dict[str, Counter[tuple[str, ...]]] = {}
+    commands: dict[str, Counter[str]] = {}
+    for example in examples:
+        kind = task_kind(example.task)
+        if kind == "other" or not example.actions:
+            continue
+        sessions.setdefault(kind, set()).add(example.session_id)
+        sequences.setdefault(kind, Counter())[tool_sequence(example)] += 1
+        for action in example.actions:
+            command = shell_command(action.target) if action.tool == "bash" else None
+            if command and injection_phrase(command) is None:
+                commands.setdefault(kind, Counter())[command] += 1
+    out = []
+    for kind, _ in TASK_KINDS:
+        if len(sessions.get(kind, ())) < 2:
+            continue
+        common = commands.get(kind, Counter()).most_common(1)
+        steps = [
+            _code(tool) + (f" {_code(common[0][0])}" if tool == "bash" and common else "")
+            for tool in _most_common(sequences[kind])
+        ]
+        out.append((kind, len(sessions[kind]), " → ".join(steps)))
+    return out
+
+
+def _most_common(counts: Counter[tuple[str, ...]]) -> tuple[str, ...]:
+    """The most frequent sequence; on a tie the shorter, then the first seen."""
+    return max(counts.items(), key=lambda kv: (kv[1], -len(kv[0])))[0]
+
+
 def learn_guidance(examples_path: Path | None) -> Guidance:
     """Tool-use habits of the recorded successful turns the program was optimized on."""
     guidance = Guidance()
@@ -340,9 +417,9 @@ def learn_guidance(examples_path: Path | None) -> Guidance:
     calls = 0
     read_before_edit = [0, 0]
     check_after_edit = [0, 0]
-    for example in load_examples(examples_path):
-        if not example.success:
-            continue
+    successful = [ex for ex in load_examples(examples_path) if ex.success]
+    guidance.sequences = learn_sequences(successful)
+    for example in successful:
         guidance.turns += 1
         sessions.add(example.session_id)
         actions = example.actions
@@ -402,6 +479,9 @@ def render_guidance(guidance: Guidance) -> str:
     if guidance.commands:
         cmds = ", ".join(_code(c) for c, _ in guidance.commands)
         lines.append(f"- Commands this project uses: {cmds}.")
+    if guidance.sequences:
+        lines.append("- The usual steps by kind of task:")
+        lines += [f"  - {kind} ({n} sessions): {steps}" for kind, n, steps in guidance.sequences]
     lines.append("- Finish with a short answer that says what changed and where.")
     return "\n".join(lines)
 
@@ -438,9 +518,13 @@ def render_body(
     *,
     demos_shown: int = DEMOS_SHOWN,
     examples: Sequence[Example] = (),
+    static_steps: Sequence[Step] | None = None,
 ) -> str:
     """The agent's system prompt. Demos that read as instructions are left out (`export_agent`
     counts them in a warning).
+
+    With `static_steps` (`ship.plan_static`'s choice from the training split), those steps are
+    the demos; otherwise the program's first `demos_shown` demos.
 
     A demo traced to its recorded step in `examples` (the training split) is written exactly as
     the ocdspy plugin writes demos and as the conversation reaches a local model
@@ -448,7 +532,10 @@ def render_body(
     what it sees in the form it meets at run time. Others fall back to a readable summary.
     """
     sections = ["\n\n".join(clean_text(for_opencode(text)) for text in parts.instructions)]
-    demos = split_demos(parts.demos)[0][:demos_shown]
+    demos = split_demos(parts.demos)[0][:demos_shown] if static_steps is None else []
+    if static_steps:
+        rendered = [select_render_demo(*step) for step in static_steps]
+        sections.append("## Worked examples\n\n" + DEFAULT_INTRO + "\n\n" + "\n\n".join(rendered))
     if demos:
         steps = demo_steps(demos, examples)
         rendered = [
@@ -461,6 +548,11 @@ def render_body(
     if text:
         sections.append("## Tool use\n\n" + text)
     return "\n\n".join(sections).strip() + "\n"
+
+
+def program_steps(parts: ProgramParts, examples: Sequence[Example]) -> list[Step]:
+    """The program's shown demos traced to their recorded training steps."""
+    return [s for s in demo_steps(split_demos(parts.demos)[0], examples) if s is not None]
 
 
 def demo_steps(
@@ -782,24 +874,25 @@ def export_agent(
     plugin: bool = True,
     pool_k: int = 3,
     shipped: AgentsReport | None = None,
+    ship: ShipPlan | None = None,
 ) -> ExportResult:
     """Write the agent file (+ `NAME.meta.json`) for the program into `out_dir`, and with
     `plugin` the demo plugin and its pool into `out_dir/plugins`; `install_to` copies them where
     OpenCode loads them. The description carries the installed form's score (plugin when one
-    is written) as `shipped` measured this very body and pool, or says it was not scored."""
+    is written) as `shipped` measured this very body and pool, or says it was not scored.
+    Demos and pool: training turns (`examples_path`) as `ship` says (`ocdspy.program.ship`)."""
     warnings: list[str] = []
     _check_one_line(provider=target_provider, model=target_model)
     agent_name = _agent_name(name, target_model, warnings)
     _check_install_options(mode, install_to, set_default)
     parts = read_program(program_path)
     report = _read_report(report_path)
-    examples = _train_examples(examples_path)
     model = _opencode_model_or_warn(target_provider, target_model, warnings)
     dropped = split_demos(parts.demos)[1]
     if dropped:
         warnings.append(dropped_warning(dropped))
-    body = render_body(parts, learn_guidance(examples_path), examples=examples)
-    pool = _demo_pool(agent_name, parts, examples, pool_k) if plugin else None
+    plan = ship or ShipPlan(k=max(1, pool_k))
+    body, shown, pool = _render_shipped(agent_name, parts, examples_path, plan, plugin=plugin)
     installed_form = "plugin" if pool is not None else "static"
     forms = _scores_or_warn(shipped, body, pool, installed_form, warnings)
     front = _front_matter(
@@ -835,9 +928,10 @@ def export_agent(
         sessions=sessions,
         target_model=f"{target_provider}/{target_model}",
         opencode_model=model,
-        demos=min(len(parts.demos) - dropped, DEMOS_SHOWN),
+        demos=shown,
         demos_dropped=dropped,
         installed_form=installed_form,
+        ship=plan,
         shipped=forms,
     )
     _complete_meta(meta, result, report_path, report, pool)
@@ -898,14 +992,30 @@ def _train_examples(examples_path: Path | None) -> list[Example]:
     return load_examples(examples_path)
 
 
-def _demo_pool(
-    agent: str, parts: ProgramParts, examples: Sequence[Example], k: int
-) -> DemoPool | None:
-    """The plugin's pool: every program demo traced to its recorded step (redacted, sanitized,
-    injections dropped by `build_pool`), or None when there is nothing to choose from."""
-    steps = [step for step in demo_steps(parts.demos, examples) if step is not None]
-    pool = build_pool(agent, steps, k=max(1, k)) if steps else None
-    return pool if pool is not None and len(pool.demos) > 0 else None
+def _render_shipped(
+    agent: str, parts: ProgramParts, examples_path: Path | None, plan: ShipPlan, *, plugin: bool
+) -> tuple[str, int, DemoPool | None]:
+    """(the agent body, how many demos it shows, the plugin's pool or None)."""
+    examples = _train_examples(examples_path)
+    static, pool = _shipped_demos(agent, parts, examples, plan, plugin=plugin)
+    body = render_body(parts, learn_guidance(examples_path), examples=examples, static_steps=static)
+    program_demos = min(len(split_demos(parts.demos)[0]), DEMOS_SHOWN)
+    return body, len(static) if static is not None else program_demos, pool
+
+
+def _shipped_demos(
+    agent: str, parts: ProgramParts, examples: Sequence[Example], plan: ShipPlan, *, plugin: bool
+) -> tuple[list[Step] | None, DemoPool | None]:
+    """(the body's demos, the plugin's pool) chosen from the training turns as `plan` says;
+    (None, None) without training turns (the body then shows the program's demos)."""
+    if not examples:
+        return None, None
+    program = program_steps(parts, examples)
+    static = plan_static(examples, program_steps=program, budget_tokens=plan.static_tokens)
+    pool = None
+    if plugin:
+        pool = plan_pool(agent, examples, program_steps=program, k=plan.k, size=plan.pool_size)
+    return static, pool if pool is not None and pool.demos else None
 
 
 def _write_plugin(out_dir: Path, agent: str, pool: DemoPool | None) -> list[Path]:
@@ -1079,10 +1189,12 @@ def export_program(
     force: bool = False,
     plugin: bool = True,
     shipped: AgentsReport | None = None,
+    ship: ShipPlan | None = None,
 ) -> ExportResult:
     """`export_agent` with everything else found where the other stages put it: the target
-    model, the training split (for tool-use habits and the session count), the program's
-    evaluation report and run record."""
+    model, the training split (for tool-use habits, demos and the session count), the program's
+    evaluation report and run record. Without `ship` (the pipeline's search), the settings'
+    budget, demos per step and pool size are used as they are."""
     from ocdspy.evaluate import describe_program, record_for, report_for
     from ocdspy.lock import outputs_lock_dir, project_lock
     from ocdspy.split import load_split
@@ -1114,9 +1226,18 @@ def export_program(
             plugin=plugin,
             pool_k=settings.optimization.demos_shown,
             shipped=shipped if shipped is not None else _saved_scores(settings, name),
+            ship=ship or default_plan(settings),
         )
     result.program_used = describe_program(program_path, record)
     return result
+
+
+def default_plan(settings: Settings) -> ShipPlan:
+    """The shipped forms as the settings say, without a search."""
+    o = settings.optimization
+    return ShipPlan(
+        k=max(1, o.demos_shown), static_tokens=o.static_demo_tokens, pool_size=o.pool_size
+    )
 
 
 def _saved_scores(settings: Settings, name: str | None) -> AgentsReport | None:

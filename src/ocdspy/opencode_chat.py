@@ -60,7 +60,7 @@ from pydantic import BaseModel, Field
 from ocdspy.convert import _MAIN_ARG, Example, ExampleAction, main_argument
 from ocdspy.program.render import FINISH, clip_tail
 from ocdspy.program.sanitize import clean_text
-from ocdspy.program.select import state_lines
+from ocdspy.program.select import example_cwd, state_lines
 
 OPENCODE_VERSION: Final = "1.18.33"
 # What OpenCode 1.18.33 offers a custom agent with default permissions, in its order.
@@ -182,15 +182,6 @@ class Environment:
 def js_date(day: dt.date) -> str:
     """`Date.toDateString()`: "Wed Nov 25 2026"."""
     return day.strftime("%a %b %d %Y")
-
-
-_PROJECT = re.compile(r"^project: (.+?)(?: \([^()]*\))?$", re.M)
-
-
-def example_cwd(example: Example) -> str:
-    """The working directory `convert` wrote into the example's context ("/" when unknown)."""
-    m = _PROJECT.search(example.context)
-    return m.group(1) if m and m.group(1) != "?" else "/"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,6 +373,19 @@ def rendering_named(name: str) -> Rendering:
         raise ValueError(f"unknown rendering {name!r}; one of {', '.join(RENDERINGS)}") from None
 
 
+_WORKING_DIR = re.compile(r"^\s*Working directory: (\S.*?)\s*$", re.M)
+
+
+def live_cwd(systems: Sequence[str]) -> str | None:
+    """The working directory OpenCode's environment block names (None when there is none), so
+    the live state writes paths relative to it, as demos do."""
+    for text in systems:
+        m = _WORKING_DIR.search(text)
+        if m:
+            return m.group(1)
+    return None
+
+
 _EXAMPLE_BLOCK = re.compile(r"^<example>\n.*?^</example>$", re.M | re.S)
 _ENV_BLOCK = re.compile(r"^You are powered by the model named .*?^</env>$\n?", re.M | re.S)
 
@@ -426,7 +430,8 @@ def render_prompt(
     convo = [m for m in messages if m.get("role") != "system"]
     start = _turn_start(convo)
     task = _text(convo[start].get("content")) if start < len(convo) else ""
-    lines = state_lines(clean_text(task), _turn_actions(convo[start:], None))
+    cwd = live_cwd(systems)
+    lines = state_lines(clean_text(task), _turn_actions(convo[start:], cwd), cwd)
     earlier = _earlier(convo[:start])
     shown, demos = _layout(systems, how)
     schema = reply_schema(request.get("tools") or ())

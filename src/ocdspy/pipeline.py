@@ -1,5 +1,7 @@
-"""pipeline: validate -> convert -> split -> optimize -> evaluate -> score -> export, with one
-config. `score` measures what export writes as it reaches the model (`ocdspy.agents`).
+"""pipeline: validate -> convert -> split -> optimize -> evaluate -> ship -> score -> export,
+with one config. `ship` chooses how the agent file's demos and the plugin's pool are shown by
+scoring them on training turns (`ocdspy.program.ship`); `score` measures what export writes as
+it reaches the model on the held-out turns (`ocdspy.agents`).
 
 Each stage is skipped when its inputs and settings did not change since it last ran: convert
 keeps its own manifest; for the others a fingerprint (hashes of the input files plus the
@@ -21,11 +23,12 @@ from pydantic import BaseModel, Field
 
 from ocdspy import __version__
 from ocdspy.artifacts import Artifact, file_sha256, remove_stale_temps, write_model_atomic
-from ocdspy.config import Settings
+from ocdspy.config import SHIP_SETTINGS, Settings
 from ocdspy.errors import DataError
 from ocdspy.export import ShippedForm
 from ocdspy.layout import Project
 from ocdspy.lm.usage import ModelUsage, total_usage
+from ocdspy.program.ship import ShipPlan
 from ocdspy.progress import Reporter, Silent, on_examples, on_trials
 
 if TYPE_CHECKING:
@@ -48,6 +51,7 @@ class PipelineState(Artifact):
     producer: str = f"ocdspy {__version__}"
     fingerprints: dict[str, str] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict)
+    ship: ShipPlan | None = Field(None, description="The last ship stage's choice.")
 
 
 class PipelineResult(BaseModel):
@@ -72,6 +76,10 @@ class PipelineResult(BaseModel):
     agent_path: Path | None = None
     installed_path: Path | None = None
     installed_form: str | None = None
+    ship: ShipPlan | None = Field(
+        None,
+        description="How the shipped demos were chosen; its scores are training-side.",
+    )
     shipped: dict[str, ShippedForm] = Field(
         default_factory=dict,
         description="By form (static, plugin): the agent's score as it reaches the model.",
@@ -140,23 +148,48 @@ def run_pipeline(
 
         started = time.perf_counter()
         run = _Run(settings, force=force, progress=progress)
+        lm_call = _CountedCall(settings, lm_call)
         examples_path = run.validate_and_convert(lock_outputs)
         run.split(examples_path)
         program_file = run.optimize(name, lms)
         run.evaluate(program_file, lms)
-        shipped = run.score_shipped(program_file, agent_name, lm_call)
+        plan = run.ship(program_file, lm_call)
+        shipped = run.score_shipped(program_file, agent_name, lm_call, plan)
         run.export(
             program_file,
+            plan,
             agent_name=agent_name,
             install_to=install_to,
             set_default=set_default,
             overwrite=overwrite,
             shipped=shipped,
         )
+        run.add_usage(lm_call.usage())
         run.sum_usage()
         run.result.seconds = round(time.perf_counter() - started, 1)
         tracked.pipeline_done(settings, run.result)
         return run.result
+
+
+class _CountedCall:
+    """The target model as the ship and score stages call it: made only when a stage calls it
+    (`agents.lm_call_for` unless one was given), its requests counted for the run's summary."""
+
+    def __init__(self, settings: Settings, call: Any) -> None:
+        self.settings, self.call, self.calls = settings, call, 0
+
+    def __call__(self, request: dict[str, Any]) -> Any:
+        if self.call is None:
+            from ocdspy.agents import lm_call_for
+
+            self.call = lm_call_for(self.settings)
+        self.calls += 1
+        return self.call(request)
+
+    def usage(self) -> list[ModelUsage]:
+        target = self.settings.models.target
+        model = f"{target.provider}/{target.model}"
+        return [ModelUsage(role="target (shipped forms)", model=model, calls=self.calls)]
 
 
 class _Run:
@@ -311,7 +344,8 @@ class _Run:
                 run_name,
                 self.project.splits.train,
                 self.project.splits.val,
-                settings.optimization.model_dump(mode="json"),
+                # What shapes only the shipped files does not change the program.
+                settings.optimization.model_dump(mode="json", exclude=set(SHIP_SETTINGS)),
                 settings.models.model_dump(mode="json"),
             )
             program_file, outcome.status = self.cached(
@@ -368,8 +402,46 @@ class _Run:
                 f"baseline {report.baseline.score:.1f} -> optimized {report.optimized.score:.1f}"
             )
 
+    def ship(self, program_file: Path, lm_call: Any) -> ShipPlan:
+        """How many demos the agent file and the plugin show: the settings' values, or with
+        `optimization.ship_search_steps` the best of a few choices scored on training turns
+        (`agents.search_ship`). Skipped when the program, the training split and the settings
+        that matter are unchanged."""
+        from ocdspy.agents import search_ship
+        from ocdspy.export import default_plan
+
+        settings = self.settings
+        base = default_plan(settings)
+        steps = settings.optimization.ship_search_steps
+
+        def run() -> ShipPlan:
+            if steps == 0:
+                return base.model_copy(update={"note": "no search (ship_search_steps: 0)"})
+            plan = search_ship(
+                settings, program_file, base, lm_call=lm_call, on_step=on_examples(self.progress)
+            )
+            self.state.ship = plan
+            return plan
+
+        with self.stage("ship") as outcome:
+            fingerprint = _fingerprint(
+                "ship",
+                program_file,
+                self.project.splits.train,
+                base.model_dump(mode="json"),
+                steps,
+                settings.optimization.metric_weights.model_dump(),
+                settings.models.model_dump(mode="json")["target"],
+            )
+            plan, outcome.status = self.cached(
+                "ship", fingerprint, reuse=lambda: self.state.ship if steps else None, run=run
+            )
+            outcome.detail = describe_plan(plan)
+        self.result.ship = plan
+        return plan
+
     def score_shipped(
-        self, program_file: Path, agent_name: str | None, lm_call: Any
+        self, program_file: Path, agent_name: str | None, lm_call: Any, plan: ShipPlan
     ) -> AgentsReport:
         """Score what export will write, as it reaches the model: the agent file alone (static
         form) and with its demo plugin (plugin form), against the untuned agent. The files are
@@ -380,7 +452,7 @@ class _Run:
         from ocdspy.program.select import load_pool
 
         settings = self.settings
-        draft = export_program(settings, program_file, name=agent_name)
+        draft = export_program(settings, program_file, name=agent_name, ship=plan)
         forms: list[tuple[Path, DemoPool | None]] = [(draft.agent_path, None)]
         if len(draft.plugin_files) > 1:
             forms.append((draft.agent_path, load_pool(draft.plugin_files[1])))
@@ -417,6 +489,7 @@ class _Run:
     def export(
         self,
         program_file: Path,
+        plan: ShipPlan,
         *,
         agent_name: str | None,
         install_to: Path | None,
@@ -436,6 +509,7 @@ class _Run:
                 set_default=set_default,
                 force=overwrite,
                 shipped=shipped,
+                ship=plan,
             )
             self.result.warnings += exported.warnings
             self.result.agent_name, self.result.agent_path = exported.name, exported.agent_path
@@ -443,3 +517,15 @@ class _Run:
             self.result.installed_form = exported.installed_form
             self.result.shipped = exported.shipped
             outcome.detail = str(exported.agent_path)
+
+
+def describe_plan(plan: ShipPlan) -> str:
+    """One line: what ships, and the training-side scores it was chosen on."""
+    what = f"static demos {plan.static_tokens} tokens, plugin {plan.k} per step"
+    if not plan.searched:
+        return what + (f" ({plan.note})" if plan.note else " (from the settings)")
+    scores = ", ".join(
+        f"{'tokens' if c.form == 'static' else 'k'} {c.value}: {c.score:.1f}"
+        for c in plan.candidates
+    )
+    return f"{what}; training-side scores on {plan.sample_steps} steps: {scores}"

@@ -61,6 +61,10 @@ optimization:
   metric: null                     # a custom metric: package.module:function
   program: next_action             # next_action (one example per step) | plan (per turn)
   demos_shown: 3                   # demos per call, the most similar to the input (0 = all)
+  pool_size: null                  # plugin demo pool; empty = every distinct training step
+                                   #   (up to 400 demos or about 1 MB)
+  static_demo_tokens: 1200         # token budget of the agent file's own demos
+  ship_search_steps: 12            # training steps scored to tune both (0 = no search)
   num_threads: 1
   max_errors: 10                   # failed LM calls tolerated before a run stops
   seed: 9

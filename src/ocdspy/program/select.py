@@ -271,20 +271,46 @@ def request_agent(messages: Sequence[Any]) -> str | None:
 # Demos: one rendering of a recorded step, as the model reads it
 
 
-def main_args(action: ExampleAction) -> dict[str, str]:
-    """The call's main arguments (the file, command, pattern...), clipped, as JSON-ready strings."""
+def main_args(action: ExampleAction, cwd: str | None = None) -> dict[str, str]:
+    """The call's main arguments (the file, command, pattern...), clipped, as JSON-ready strings;
+    with `cwd`, paths inside the project are written relative to it (`project_relative`)."""
     keys = _MAIN_ARG.get(action.tool, ())
     out = {
-        k: _shown(action.args[k], TARGET_CHARS)
+        k: _shown(project_relative(str(action.args[k]), cwd), TARGET_CHARS)
         for k in keys
         if action.args.get(k) not in (None, "")
     }
     if out or not action.target:
         return out
+    target = _shown(project_relative(action.target, cwd), TARGET_CHARS)
     for key, value in action.args.items():
         if str(value) == action.target:
-            return {key: _shown(action.target, TARGET_CHARS)}
-    return {"input": _shown(action.target, TARGET_CHARS)}
+            return {key: target}
+    return {"input": target}
+
+
+def project_relative(text: str, cwd: str | None) -> str:
+    """`text` with the working directory taken out of its paths: `/home/dev/app/app.py` ->
+    `app.py`, the directory itself -> `.`. Demos and the live state then look alike whichever
+    checkout a session ran in; the model may answer with either form (`main_argument` makes
+    both relative before scoring)."""
+    root = (cwd or "").rstrip("/")
+    if not root or root not in text:
+        return text
+    return re.sub(re.escape(root) + r"(?:/|(?![A-Za-z0-9_.-]))", _relative_piece, text)
+
+
+def _relative_piece(match: re.Match[str]) -> str:
+    return "" if match.group(0).endswith("/") else "."
+
+
+_PROJECT = re.compile(r"^project: (.+?)(?: \([^()]*\))?$", re.M)
+
+
+def example_cwd(example: Example) -> str:
+    """The working directory `convert` wrote into the example's context ("/" when unknown)."""
+    m = _PROJECT.search(example.context)
+    return m.group(1) if m and m.group(1) != "?" else "/"
 
 
 def _shown(text: Any, limit: int) -> str:
@@ -293,21 +319,23 @@ def _shown(text: Any, limit: int) -> str:
     return excerpt(redact_text(str(text)), limit)
 
 
-def render_call_line(action: ExampleAction) -> str:
-    args = json.dumps(main_args(action), ensure_ascii=False)
+def render_call_line(action: ExampleAction, cwd: str | None = None) -> str:
+    args = json.dumps(main_args(action, cwd), ensure_ascii=False)
     return f"call: {action.tool} {args}"
 
 
-def state_lines(task: str, actions: Sequence[ExampleAction]) -> list[str]:
+def state_lines(task: str, actions: Sequence[ExampleAction], cwd: str | None = None) -> list[str]:
     """The state of a turn as a demo writes it, and as the live conversation is rendered for a
-    local model (`opencode_chat`): the request, then each call with its short outcome."""
+    local model (`opencode_chat`): the request, then each call with its short outcome. Paths
+    under `cwd` (the recorded or live working directory) are written relative to it."""
     lines = [f"user: {_shown(task, TASK_CHARS)}"]
     hidden = max(0, len(actions) - DEMO_CALLS)
     if hidden:
         lines.append(f"({hidden} earlier calls)")
     for action in actions[hidden:]:
-        lines.append(render_call_line(action))
-        lines.append(f"result: {_shown(outcome(action), 2 * TARGET_CHARS)}")
+        lines.append(render_call_line(action, cwd))
+        result = project_relative(outcome(action), cwd)
+        lines.append(f"result: {_shown(result, 2 * TARGET_CHARS)}")
     return lines
 
 
@@ -318,9 +346,10 @@ def render_demo(example: Example, step: int) -> str:
     Every piece of session text in it is redacted and sanitized (`_shown`); tool output appears
     only as the short outcome line.
     """
-    lines = ["<example>", *state_lines(example.task, example.actions[:step])]
+    cwd = example_cwd(example)
+    lines = ["<example>", *state_lines(example.task, example.actions[:step], cwd)]
     if step < len(example.actions):
-        lines.append(render_call_line(example.actions[step]))
+        lines.append(render_call_line(example.actions[step], cwd))
     else:
         lines.append(f"answer: {_shown(example.response, RESPONSE_CHARS)}")
     lines.append("</example>")
@@ -357,12 +386,12 @@ def build_safe_pool(
     agent: str, steps: Sequence[tuple[Example, int]], *, k: int = 3, intro: str = DEFAULT_INTRO
 ) -> tuple[DemoPool, int]:
     """(the pool, how many steps were dropped because their text looks like a prompt injection)."""
-    kept = [(ex, s) for ex, s in steps if _step_injection(ex, s) is None]
+    kept = [(ex, s) for ex, s in steps if step_injection(ex, s) is None]
     demos = [demo_from_example(ex, s) for ex, s in kept]
     return DemoPool(agent=agent, k=k, intro=intro, demos=demos), len(steps) - len(kept)
 
 
-def _step_injection(example: Example, step: int) -> str | None:
+def step_injection(example: Example, step: int) -> str | None:
     """What a demo of this step would show (task, calls, results, answer) that reads as an
     instruction to the agent, or None."""
     shown: list[Any] = [example.task]
