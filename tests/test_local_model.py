@@ -150,3 +150,12 @@ def test_engine_stream_emits_one_complete_answer(local_lm) -> None:
     assert events[0].type == "start" and events[-1].type == "end"
     assert any(e.type == "delta" for e in events)
     assert events[-1].usage.output_tokens > 0
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(1, 1), (2, 1), (3, 1), (8, 4)])
+def test_llama_threads_default_to_half_the_cores(monkeypatch, cores, threads):
+    from ocdspy.lm import local
+
+    monkeypatch.setattr(local, "_cpu_count", lambda: cores)
+    assert local.default_threads() == threads
+    assert local.LlamaCppEngine(local.packaged_gguf()).n_threads == threads

@@ -1247,7 +1247,9 @@ def serve(
     ctx: Annotated[
         int | None, typer.Option("--ctx", help="Context size in tokens (default 8192).", min=256)
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="llama.cpp threads.", min=1)] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="llama.cpp threads (default: half the cores).", min=1)
+    ] = None,
     queue: Annotated[
         int, typer.Option(help="Requests that may wait for the model; more get HTTP 429.", min=0)
     ] = 4,

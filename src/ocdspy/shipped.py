@@ -294,7 +294,12 @@ class LocalModelCall:
         reply_form: Literal["line", "json"] = "line",
         rendering: str = DEFAULT_RENDERING,
     ) -> None:
-        from ocdspy.lm.local import DEFAULT_N_CTX, _cpu_count, llama_cpp_available, resolve_gguf
+        from ocdspy.lm.local import (
+            DEFAULT_N_CTX,
+            default_threads,
+            llama_cpp_available,
+            resolve_gguf,
+        )
 
         if not llama_cpp_available():
             raise ModelError(
@@ -302,7 +307,7 @@ class LocalModelCall:
             )
         self.model_path = str(resolve_gguf(model_path))
         self.n_ctx = n_ctx or DEFAULT_N_CTX
-        self.n_threads = n_threads or _cpu_count()
+        self.n_threads = n_threads or default_threads()
         self.seed = seed
         self.max_tokens = max_tokens
         self.reply_form = reply_form

@@ -91,6 +91,15 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def default_threads() -> int:
+    """llama.cpp threads when none are set: half the usable cores, at least one.
+
+    Measured on 2 cores (BENCHMARKS.md): quiet, 2 threads were only ~10% faster than 1; beside
+    other work, 2 threads spun against it and were ~10x slower. Half the cores gives up little
+    on a quiet machine and avoids that slowdown on a busy one."""
+    return max(1, _cpu_count() // 2)
+
+
 def llama_cpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
@@ -224,7 +233,7 @@ class LlamaCppEngine:
     ) -> None:
         self.model_path = str(model_path)
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or _cpu_count()
+        self.n_threads = n_threads or default_threads()
         self.seed = seed
         self.default_max_tokens = default_max_tokens
 
