@@ -126,8 +126,14 @@ def read_scores(root: Path) -> dict[str, Any]:
     ]
     if evaluations:
         ev = json.loads(max(evaluations, key=lambda p: p.stat().st_mtime).read_text())
+        diff = ev.get("difference") or {}
         scores["program"] = {
-            key: ev.get(key) for key in ("baseline_score", "optimized_score", "ci_low", "ci_high")
+            "baseline": (ev.get("baseline") or {}).get("score"),
+            "optimized": (ev.get("optimized") or {}).get("score"),
+            "difference": diff.get("mean"),
+            "ci": [diff.get("ci_low"), diff.get("ci_high")],
+            "steps": ev.get("examples_scored"),
+            "seconds": ev.get("duration_s"),
         }
     meta = sorted((root / "outputs" / "prompts").glob("*.meta.json"))
     if meta:
