@@ -275,6 +275,9 @@ def test_init_config_switched_to_local_needs_no_key(
     assert "models.teacher.api_key_env (ANTHROPIC_API_KEY" in text and "not used" in text
     assert "models.teacher.model (claude-sonnet-4-5)" in text
     assert "models.target.model (qwen2.5-coder:7b)" in text
+    # The labels name the model that runs, as `ocdspy serve` names it to OpenCode.
+    assert teacher.model == loaded.settings.models.target.model == "smollm2-135m"
+    assert loaded.sources["models.teacher.model"] == "default (provider local)"
 
 
 def test_local_model_with_any_key_variable_works_and_warns(

@@ -696,8 +696,8 @@ def load_settings(
             "invalid settings:", details=_format_validation(e, sources, path)
         ) from None
     _resolve_default_paths(settings, sources, path.resolve().parent if path else cwd)
-    all_sources = {k: sources.get(k, "default") for k in _flatten(settings.model_dump())}
     warnings = file_src.warnings + dotenv_src.warnings + _unused_model_settings(settings, sources)
+    all_sources = {k: sources.get(k, "default") for k in _flatten(settings.model_dump())}
     if environ is None and dotenv_src.readable:
         _export_dotenv_keys(settings, dotenv, os.environ)
     return LoadedSettings(
@@ -757,10 +757,15 @@ def _unused_model_settings(settings: Settings, sources: dict[str, str]) -> list[
         if m.api_base:
             out.append(f"{where}.api_base ({m.api_base}) is not used by a local model")
         if m.model_path is None and m.model in other_defaults:
+            builtin = PROVIDER_DEFAULTS["local"]["model"]
             out.append(
                 f"{where}.model ({m.model}) is another provider's model and is not used: "
-                "provider local runs model_path or the built-in model"
+                f"provider local runs model_path or the built-in model ({builtin})"
             )
+            # Every label (tables, reports, the model name in the prompt's environment block)
+            # then names the model that runs, as `ocdspy serve` names it to OpenCode.
+            m.model = str(builtin)
+            sources[f"{where}.model"] = "default (provider local)"
     return out
 
 
