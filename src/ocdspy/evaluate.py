@@ -107,6 +107,30 @@ class EvaluateResult(BaseModel):
 # Statistics
 
 
+def paired_difference(
+    deltas: Sequence[float],
+    sessions: Sequence[str],
+    *,
+    single_unit: str = "examples",
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Difference:
+    """The mean of paired differences (agent - baseline, one per scored item) with the
+    session-bootstrap interval of `bootstrap_ci`; `single_unit` names what is resampled when
+    every item comes from one session."""
+    lo, hi = bootstrap_ci(deltas, sessions, resamples=resamples, confidence=confidence, seed=seed)
+    return Difference(
+        mean=sum(deltas) / len(deltas) if deltas else 0.0,
+        ci_low=lo,
+        ci_high=hi,
+        confidence=confidence,
+        resamples=resamples,
+        unit="sessions" if len(set(sessions)) > 1 else single_unit,
+        significant=bool(deltas) and (lo > 0 or hi < 0),
+    )
+
+
 def bootstrap_ci(
     deltas: Sequence[float],
     groups: Sequence[str] | None = None,

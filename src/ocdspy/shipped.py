@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from ocdspy.config import MetricWeights, ModelSettings
 from ocdspy.convert import Example, main_argument
 from ocdspy.errors import ModelError
-from ocdspy.evaluate import Difference, bootstrap_ci
+from ocdspy.evaluate import Difference, paired_difference
 from ocdspy.lm.providers import mask_keys
 from ocdspy.metric import COMPONENTS, MetricScores, score_prediction
 from ocdspy.opencode_chat import (
@@ -224,17 +224,7 @@ def compare(
         raise ValueError("the two scores are not over the same steps")
     deltas = [a.score - b.score for a, b in zip(agent.results, baseline.results, strict=True)]
     groups = [r.session_id for r in agent.results]
-    lo, hi = bootstrap_ci(deltas, groups, resamples=resamples, confidence=confidence, seed=seed)
-    sessions = len(set(groups)) > 1
-    return Difference(
-        mean=sum(deltas) / len(deltas) if deltas else 0.0,
-        ci_low=lo,
-        ci_high=hi,
-        confidence=confidence,
-        resamples=resamples,
-        unit="sessions" if sessions else "examples",
-        significant=lo > 0 or hi < 0,
-    )
+    return paired_difference(deltas, groups, resamples=resamples, confidence=confidence, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------

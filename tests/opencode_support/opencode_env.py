@@ -27,21 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ocdspy.replay.run import QUIET_ENV
+
 DEFAULT_VERSION = "1.18.33"
 PROVIDER_ID = "scripted"
 MODEL_ID = "coder"
 MODEL = f"{PROVIDER_ID}/{MODEL_ID}"
 
-#: Environment variables that keep OpenCode quiet and local.
-QUIET_FLAGS = {
-    "OPENCODE_DISABLE_MODELS_FETCH": "1",
-    "OPENCODE_DISABLE_AUTOUPDATE": "1",
-    "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
-    "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
-    "OPENCODE_DISABLE_SHARE": "1",
-    "OPENCODE_DISABLE_CLAUDE_CODE": "1",
-    "OPENCODE_DISABLE_EXTERNAL_SKILLS": "1",
-}
+#: Environment variables that keep OpenCode quiet and local (the ones replay runs it with).
+QUIET_FLAGS = dict(QUIET_ENV)
 
 #: Variables copied from the calling environment (everything else is dropped).
 PASSTHROUGH = (

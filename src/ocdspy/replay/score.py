@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, Field
 
 from ocdspy.config import MetricWeights
-from ocdspy.evaluate import Difference, bootstrap_ci
+from ocdspy.evaluate import Difference, paired_difference
 from ocdspy.metric import COMPONENTS, score_prediction
 from ocdspy.replay.run import RunResult
 from ocdspy.replay.turns import ReplayTurn
@@ -71,13 +71,6 @@ def difference(
 ) -> Difference:
     """agent - baseline over the same turns, with evaluate's session-bootstrap interval."""
     deltas = [a - b for a, b in zip(agent, baseline, strict=True)]
-    lo, hi = bootstrap_ci(deltas, sessions, resamples=resamples, confidence=confidence, seed=seed)
-    return Difference(
-        mean=sum(deltas) / len(deltas) if deltas else 0.0,
-        ci_low=lo,
-        ci_high=hi,
-        confidence=confidence,
-        resamples=resamples,
-        unit="sessions" if len(set(sessions)) > 1 else "turns",
-        significant=bool(deltas) and (lo > 0 or hi < 0),
+    return paired_difference(
+        deltas, sessions, single_unit="turns", resamples=resamples, confidence=confidence, seed=seed
     )
