@@ -345,7 +345,10 @@ def test_pipeline_run_holds_its_stages_and_the_agent_file(tmp_path: Path) -> Non
     )
     settings = load_settings(tmp_path / "examples" / "config.yaml", environ={}).settings
     settings.tracking.enabled = True
-    result = run_pipeline(settings, lms=fake_lms(SchemaEngine()))
+    # The shipped forms are scored by a scripted reply: this test is about what is tracked.
+    result = run_pipeline(
+        settings, lms=fake_lms(SchemaEngine()), lm_call=lambda request: "answer: done"
+    )
     assert result.agent_name is not None
 
     logged = runs(settings)
