@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ocdspy.replay.run import QUIET_ENV
+from ocdspy.replay.run import QUIET_ENV, home_dirs
 
 DEFAULT_VERSION = "1.18.33"
 PROVIDER_ID = "scripted"
@@ -139,13 +139,7 @@ def isolated_env(
     top (e.g. ``{"permission": {...}}``). Also writes a ``.gitconfig`` with a test identity.
     """
     home = Path(tmp_path) / "home"
-    dirs = {
-        "HOME": home,
-        "XDG_CONFIG_HOME": home / ".config",
-        "XDG_DATA_HOME": home / ".local" / "share",
-        "XDG_CACHE_HOME": home / ".cache",
-        "XDG_STATE_HOME": home / ".local" / "state",
-    }
+    dirs = home_dirs(home)
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     cfg: dict[str, Any] = {

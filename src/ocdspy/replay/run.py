@@ -58,6 +58,17 @@ PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "SYSTEMROOT")
 _EDIT_TOOLS = frozenset({"edit", "write", "multiedit", "apply_patch", "patch"})
 
 
+def home_dirs(home: Path) -> dict[str, Path]:
+    """The HOME and XDG variables that put every OpenCode file of a run under `home`."""
+    return {
+        "HOME": home,
+        "XDG_CONFIG_HOME": home / ".config",
+        "XDG_DATA_HOME": home / ".local" / "share",
+        "XDG_CACHE_HOME": home / ".cache",
+        "XDG_STATE_HOME": home / ".local" / "state",
+    }
+
+
 class RunResult(BaseModel):
     """What one run did, read from its events."""
 
@@ -232,13 +243,7 @@ def prepare_home(
 ) -> dict[str, str]:
     """Write the temp HOME (config, the agent, its plugin) and return the run's environment."""
     config_dir = home / ".config" / "opencode"
-    dirs = {
-        "HOME": home,
-        "XDG_CONFIG_HOME": home / ".config",
-        "XDG_DATA_HOME": home / ".local" / "share",
-        "XDG_CACHE_HOME": home / ".cache",
-        "XDG_STATE_HOME": home / ".local" / "state",
-    }
+    dirs = home_dirs(home)
     for d in (*dirs.values(), config_dir / AGENTS_DIR):
         d.mkdir(parents=True, exist_ok=True)
     config = {
