@@ -128,7 +128,7 @@ def replay(
         if db is not None or storage is not None:
             raise
         location = None
-        say(f"no OpenCode store: {e.message}")
+        say(e.message)
     turns = recorded_turns(examples, location) if location else _without_store(examples)
     with project_lock(outputs_lock_dir(settings), "replay"), endpoint(model, opencode_config) as ep:
         ctx = _Context(
