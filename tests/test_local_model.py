@@ -159,3 +159,94 @@ def test_llama_threads_default_to_half_the_cores(monkeypatch, cores, threads):
     monkeypatch.setattr(local, "_cpu_count", lambda: cores)
     assert local.default_threads() == threads
     assert local.LlamaCppEngine(local.packaged_gguf()).n_threads == threads
+
+
+# -- cutting a reply caught in a loop (ocdspy.lm.loops)
+
+
+def test_loop_period_finds_a_repeated_tail_and_nothing_else() -> None:
+    from ocdspy.lm.loops import loop_period
+
+    listing = ["- ", "tests", "/", "test", "_money", ".py", "\n", "x"]
+    assert loop_period(["4 files:\n", *listing[:7] * 5]) == 7
+    assert loop_period(["1", "."] * 16) == 2
+    assert loop_period(["."] * 32) == 1
+    # Too short a tail, too few repeats, or one token off: not a loop.
+    assert loop_period(["."] * 31) == 0
+    assert loop_period(list(range(10)) * 3 + list(range(10))[:5]) == 0
+    files = [f"tests/test_{name}.py" for name in "abcdefghij"]
+    assert loop_period([t for f in files for t in ("- ", f, "\n")] * 1) == 0
+    looping = listing[:7] * 5
+    looping[-10] = "other"
+    assert loop_period(looping) == 0
+
+
+class _StreamingLlama:
+    """A stand-in for llama_cpp.Llama's streamed chat completion: yields the role chunk, then
+    one chunk per piece, and records whether the stream was closed early."""
+
+    def __init__(self, pieces: list[str], prompt_tokens: int = 50) -> None:
+        self.pieces = pieces
+        self.n_tokens = 0
+        self.prompt_tokens = prompt_tokens
+        self.yielded = 0
+        self.closed_early = False
+
+    def create_chat_completion(self, **kwargs):
+        assert kwargs["stream"] is True
+        yield {"choices": [{"delta": {"role": "assistant"}, "finish_reason": None}]}
+        self.n_tokens = self.prompt_tokens
+        try:
+            for piece in self.pieces:
+                self.yielded += 1
+                yield {"choices": [{"delta": {"content": piece}, "finish_reason": None}]}
+                self.n_tokens += 1
+        except GeneratorExit:
+            self.closed_early = True
+            raise
+        yield {"choices": [{"delta": {}, "finish_reason": "stop"}]}
+
+
+def test_engine_cuts_a_looping_reply_and_stops_generating() -> None:
+    from ocdspy.lm.local import _generate
+
+    loop = ["- ", "tests", "/", "test", "_money", ".py", "\n"]
+    llama = _StreamingLlama(['{"answer": "4 files:\\n', *loop * 60])
+    text, finish, prompt, completion = _generate(llama, [], {"max_tokens": 512})
+    assert finish == "length" and llama.closed_early
+    assert llama.yielded == completion == 1 + 4 * len(loop) + 4  # cut once 32+ tokens repeat
+    assert prompt == 50
+    assert text.startswith('{"answer": "4 files:') and text.count("tests/test_money.py") == 4
+
+    plain = _StreamingLlama(['{"answer": ', '"done"}'])
+    assert _generate(plain, [], {}) == ('{"answer": "done"}', "stop", 50, 2)
+    assert not plain.closed_early
+
+
+@pytest.mark.integration
+def test_shipped_call_cuts_a_loop_of_the_real_model() -> None:
+    """The built-in model continuing a listing it started repeating: without the stop it runs
+    to its whole budget; with it, the reply ends a few repeats in."""
+    from llama_cpp import StoppingCriteriaList
+
+    from ocdspy.lm.local import DEFAULT_N_CTX, _load, resolve_gguf
+    from ocdspy.shipped import _LoopStop
+
+    model = _load(str(resolve_gguf(None)), DEFAULT_N_CTX, 1, 0)
+    prompt = (
+        "<|im_start|>user\nWhich test files are there?<|im_end|>\n<|im_start|>assistant\n"
+        "4 files:\n- tests/test_money.py\n- tests/test_money.py\n"
+    )
+    tokens = model.llama.tokenize(prompt.encode(), add_bos=True, special=True)
+    with model.lock:
+        whole = model.llama.create_completion(prompt=tokens, max_tokens=200, temperature=0.0)
+        stop = _LoopStop(len(tokens))
+        cut = model.llama.create_completion(
+            prompt=tokens,
+            max_tokens=200,
+            temperature=0.0,
+            stopping_criteria=StoppingCriteriaList([stop]),
+        )
+    assert whole["usage"]["completion_tokens"] == 200
+    assert stop.cut and cut["usage"]["completion_tokens"] < 60
+    assert whole["choices"][0]["text"].startswith(cut["choices"][0]["text"])

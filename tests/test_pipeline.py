@@ -11,6 +11,7 @@ import pytest
 from conftest import EXAMPLES
 from lm_fakes import SchemaEngine, schema_lm
 from ocdspy.config import load_settings
+from ocdspy.layout import Project
 from ocdspy.lm.runtime import LMs
 from ocdspy.pipeline import run_pipeline
 
@@ -53,6 +54,7 @@ class Shipped:
 
 def test_pipeline_runs_every_stage_then_skips_what_is_current(project: Path) -> None:
     settings = load_settings(project / "config.yaml", environ={}).settings
+    settings.optimization.score_program = True
     agents = project / "home" / ".config" / "opencode" / "agents"
     engine = SchemaEngine()
     shipped = Shipped()
@@ -129,6 +131,30 @@ def test_pipeline_runs_every_stage_then_skips_what_is_current(project: Path) -> 
     assert statuses["ship"] == statuses["score"] == "ran"
     assert fourth.ship is not None and not fourth.ship.searched
     assert fourth.ship.static_tokens == 300
+
+
+def test_pipeline_scores_the_agent_file_not_the_program_by_default(project: Path) -> None:
+    settings = load_settings(project / "config.yaml", environ={}).settings
+    assert settings.optimization.score_program is False
+    engine, shipped = SchemaEngine(), Shipped()
+    result = run_pipeline(settings, lms=lms(engine), lm_call=shipped)
+    evaluate = next(s for s in result.stages if s.stage == "evaluate")
+    assert evaluate.status == "skipped" and "score_program" in evaluate.detail
+    assert result.baseline_score is None and result.report_path is None
+    assert result.program_path is not None
+    assert not Project(settings).report_of(result.program_path).json_path.exists()
+    # The forms the user installs are scored all the same, on every held-out step.
+    assert set(result.shipped) == {"static", "plugin"}
+    assert shipped.requests > 0
+    optimize_calls = engine.calls
+
+    # Asking for the program's score later runs only that stage (and export).
+    settings.optimization.score_program = True
+    again = run_pipeline(settings, lms=lms(engine), lm_call=shipped)
+    statuses = {s.stage: s.status for s in again.stages}
+    assert statuses["optimize"] == statuses["ship"] == statuses["score"] == "skipped"
+    assert statuses["evaluate"] == "ran" and engine.calls > optimize_calls
+    assert again.baseline_score is not None and again.report_path is not None
 
 
 def test_pipeline_stops_on_unmet_data_requirements(project: Path) -> None:

@@ -345,6 +345,7 @@ def test_pipeline_run_holds_its_stages_and_the_agent_file(tmp_path: Path) -> Non
     )
     settings = load_settings(tmp_path / "examples" / "config.yaml", environ={}).settings
     settings.tracking.enabled = True
+    settings.optimization.score_program = True  # the evaluate child run is tracked too
     # The shipped forms are scored by a scripted reply: this test is about what is tracked.
     result = run_pipeline(
         settings, lms=fake_lms(SchemaEngine()), lm_call=lambda request: "answer: done"
@@ -360,5 +361,8 @@ def test_pipeline_run_holds_its_stages_and_the_agent_file(tmp_path: Path) -> Non
     }
     assert children == {"optimize", "evaluate"}
     assert pipeline.data.metrics["optimized_score"] == result.optimized_score
+    for form, shipped in result.shipped.items():
+        assert pipeline.data.metrics[f"{form}_score"] == shipped.score
+        assert pipeline.data.metrics["untuned_score"] == shipped.baseline
     agent = {a.path for a in client(settings).list_artifacts(pipeline.info.run_id, "agent")}
     assert agent == {f"agent/{result.agent_name}.md", f"agent/{result.agent_name}.meta.json"}

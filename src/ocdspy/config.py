@@ -190,13 +190,19 @@ class OptimizationSettings(_Section):
         description="Training steps the pipeline scores to choose the static budget and "
         "the plugin's demos per step (0: no search, use the settings).",
     )
+    score_program: bool = Field(
+        False,
+        description="pipeline: also score the optimized DSPy program itself on the held-out "
+        "steps, as `ocdspy evaluate` does (the shipped forms are always scored).",
+    )
     num_threads: int = Field(1, ge=1, le=MAX_THREADS)
     max_errors: int = Field(10, ge=0, le=1_000_000)
     seed: int = 9
 
 
-# What shapes only the shipped files (ocdspy.program.ship), not the optimized program.
-SHIP_SETTINGS = frozenset({"pool_size", "static_demo_tokens", "ship_search_steps"})
+# Settings that leave the optimized program as it is: what shapes only the shipped files
+# (ocdspy.program.ship), and whether the pipeline scores the program itself.
+SHIP_SETTINGS = frozenset({"pool_size", "static_demo_tokens", "ship_search_steps", "score_program"})
 
 
 class OutputSettings(_Section):

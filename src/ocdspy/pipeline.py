@@ -360,6 +360,9 @@ class _Run:
         return program_file
 
     def evaluate(self, program_file: Path, lms: Any) -> None:
+        """The optimized program against the unoptimized one on the held-out steps, when
+        `optimization.score_program` asks for it: a diagnostic of the optimizer's work. What
+        the user installs is scored by `score_shipped` either way."""
         from ocdspy.evaluate import Report, evaluate
 
         settings = self.settings
@@ -382,6 +385,13 @@ class _Run:
             return evaluated.json_path, evaluated.report
 
         with self.stage("evaluate") as outcome:
+            if not settings.optimization.score_program:
+                outcome.status = "skipped"
+                outcome.detail = (
+                    "the program itself is not scored (optimization.score_program: false); "
+                    "the agent file is, in the score stage"
+                )
+                return
             fingerprint = _fingerprint(
                 "evaluate",
                 program_file,

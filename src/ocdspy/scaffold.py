@@ -65,6 +65,8 @@ optimization:
                                    #   (up to 400 demos or about 1 MB)
   static_demo_tokens: 1200         # token budget of the agent file's own demos
   ship_search_steps: 12            # training steps scored to tune both (0 = no search)
+  score_program: false             # pipeline: also score the DSPy program itself (slow; the
+                                   #   agent file's forms are always scored)
   num_threads: 1
   max_errors: 10                   # failed LM calls tolerated before a run stops
   seed: 9

@@ -329,6 +329,8 @@ class LocalModelCall:
 
     def complete(self, request: dict[str, Any], *, max_tokens: int | None = None) -> LocalReply:
         """The reply to `request` with its token counts; `max_tokens` overrides the budget."""
+        from llama_cpp import StoppingCriteriaList
+
         from ocdspy.lm.local import _load
 
         budget = max_tokens or self.max_tokens
@@ -338,20 +340,38 @@ class LocalModelCall:
         with model.lock:
             tokens = model.llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
             check_context(len(tokens), budget, self.n_ctx)
+            looped = _LoopStop(len(tokens))
             out = model.llama.create_completion(
                 prompt=tokens,
                 grammar=grammar,
                 max_tokens=budget,
                 temperature=0.0,
                 seed=self.seed,
+                stopping_criteria=StoppingCriteriaList([looped]),
             )
         choice = out["choices"][0]
+        cut = looped.cut or choice.get("finish_reason") == "length"
         return LocalReply(
             text=str(choice["text"]),
             prompt_tokens=len(tokens),
             completion_tokens=int((out.get("usage") or {}).get("completion_tokens", 0)),
-            finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+            finish_reason="length" if cut else "stop",
         )
+
+
+class _LoopStop:
+    """A llama.cpp stopping criterion: true once the reply's tokens end in a loop
+    (`lm.loops.loop_period`), so a degenerate reply stops there instead of at its budget."""
+
+    def __init__(self, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.cut = False
+
+    def __call__(self, input_ids: Any, logits: Any) -> bool:
+        from ocdspy.lm.loops import loop_period
+
+        self.cut = self.cut or loop_period(input_ids[self.prompt_tokens :].tolist()) > 0
+        return self.cut
 
 
 class ApiModelCall:

@@ -239,11 +239,18 @@ class Run:
         self.artifact(result.markdown_path, "report")
 
     def pipeline_done(self, settings: Settings, result: PipelineResult) -> None:
-        """The pipeline's scores and the agent file it exported."""
+        """The pipeline's scores (the shipped forms', and the program's when it was scored)
+        and the agent file it exported."""
+        shipped: dict[str, float | None] = {
+            f"{form}_score": scores.score for form, scores in result.shipped.items()
+        }
+        if result.shipped:
+            shipped["untuned_score"] = next(iter(result.shipped.values())).baseline
         self.metrics(
             {
                 "baseline_score": result.baseline_score,
                 "optimized_score": result.optimized_score,
+                **shipped,
                 "seconds": result.seconds,
             }
         )

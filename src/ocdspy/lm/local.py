@@ -322,7 +322,9 @@ class LlamaCppEngine:
         with model.lock:
             start = time.perf_counter()
             try:
-                out = model.llama.create_chat_completion(messages=messages, **options)
+                text, finish, prompt_tokens, completion_tokens = _generate(
+                    model.llama, messages, options
+                )
             except ValueError as e:
                 # llama-cpp-python reports an over-long prompt as a ValueError.
                 if "context window" in str(e) or "exceed" in str(e):
@@ -330,28 +332,20 @@ class LlamaCppEngine:
                 raise
             seconds = time.perf_counter() - start
         queued = start - waited
-
-        choice = out["choices"][0]
-        text = choice["message"].get("content") or ""
-        usage = out.get("usage") or {}
-        finish = "length" if choice.get("finish_reason") == "length" else "stop"
-        completion_tokens = int(usage.get("completion_tokens", 0))
         logger.debug(
-            "local call: %.2f s (+%.2f s queued), %s prompt + %d completion tokens",
+            "local call: %.2f s (+%.2f s queued), %d prompt + %d completion tokens%s",
             seconds,
             queued,
-            usage.get("prompt_tokens"),
+            prompt_tokens,
             completion_tokens,
+            " (cut)" if finish == "length" else "",
         )
         return Response(
-            id=str(out.get("id") or "") or None,
+            id=None,
             model=request.model,
             message=Message.assistant(text),
             finish_reason=finish,
-            usage=Usage(
-                input_tokens=usage.get("prompt_tokens"),
-                output_tokens=usage.get("completion_tokens"),
-            ),
+            usage=Usage(input_tokens=prompt_tokens, output_tokens=completion_tokens),
             # Timing lands in lm.history[i]["response"].provider_data (and in the cache entry).
             provider_data={
                 "engine": "llama.cpp",
@@ -361,6 +355,36 @@ class LlamaCppEngine:
                 "constrained": fmt is not None and "schema" in fmt,
             },
         )
+
+
+def _generate(
+    llama: Any, messages: list[dict[str, str]], options: dict[str, Any]
+) -> tuple[str, str, int, int]:
+    """One chat completion, streamed so that a reply caught in a loop (`loops.loop_period`) is
+    cut where the loop shows instead of running to `max_tokens`. Returns the text, the finish
+    reason ("stop", or "length" when cut at the budget or at a loop) and the token counts."""
+    from ocdspy.lm.loops import loop_period
+
+    pieces: list[str] = []
+    prompt_tokens = 0
+    finish = "stop"
+    chunks = llama.create_chat_completion(messages=messages, stream=True, **options)
+    try:
+        for chunk in chunks:
+            choice = chunk["choices"][0]
+            piece = choice["delta"].get("content")
+            if piece:
+                if not pieces:  # the prompt is in the context, the first token not yet
+                    prompt_tokens = int(llama.n_tokens)
+                pieces.append(piece)
+                if loop_period(pieces):
+                    finish = "length"
+                    break
+            if choice.get("finish_reason") == "length":
+                finish = "length"
+    finally:
+        chunks.close()
+    return "".join(pieces), finish, prompt_tokens, len(pieces)
 
 
 def _system_text(system: Any) -> str:
