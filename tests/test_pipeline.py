@@ -156,6 +156,22 @@ def test_pipeline_scores_the_agent_file_not_the_program_by_default(project: Path
     assert statuses["evaluate"] == "ran" and engine.calls > optimize_calls
     assert again.baseline_score is not None and again.report_path is not None
 
+    # `ocdspy export` alone writes what the pipeline scored: its searched plan, not the
+    # settings' defaults, so the installed form's score still applies.
+    from ocdspy.export import default_plan, export_program
+
+    assert again.ship is not None and again.ship.searched and again.agent_path is not None
+    plain = default_plan(settings)
+    assert (again.ship.k, again.ship.static_tokens) != (plain.k, plain.static_tokens)
+    pipeline_text = again.agent_path.read_text()
+    alone = export_program(settings, again.program_path)
+    assert alone.agent_path.read_text() == pipeline_text
+    assert "as installed" in pipeline_text
+    # Once a setting the search depended on changes, the plan is the settings' own, unscored.
+    settings.optimization.static_demo_tokens = 100
+    changed = export_program(settings, again.program_path).agent_path.read_text()
+    assert "not scored as installed" in changed
+
 
 def test_pipeline_stops_on_unmet_data_requirements(project: Path) -> None:
     settings = load_settings(project / "config.yaml", environ={}).settings

@@ -1193,8 +1193,9 @@ def export_program(
 ) -> ExportResult:
     """`export_agent` with everything else found where the other stages put it: the target
     model, the training split (for tool-use habits, demos and the session count), the program's
-    evaluation report and run record. Without `ship` (the pipeline's search), the settings'
-    budget, demos per step and pool size are used as they are."""
+    evaluation report and run record. Without `ship`, the pipeline's last search when it was
+    made for this program with these settings, else the settings' budget, demos per step and
+    pool size as they are."""
     from ocdspy.evaluate import describe_program, record_for, report_for
     from ocdspy.lock import outputs_lock_dir, project_lock
     from ocdspy.split import load_split
@@ -1226,10 +1227,17 @@ def export_program(
             plugin=plugin,
             pool_k=settings.optimization.demos_shown,
             shipped=shipped if shipped is not None else _saved_scores(settings, name),
-            ship=ship or default_plan(settings),
+            ship=ship or _plan_for(settings, program_path),
         )
     result.program_used = describe_program(program_path, record)
     return result
+
+
+def _plan_for(settings: Settings, program_path: Path) -> ShipPlan:
+    """The pipeline's searched plan for this program when it is current, else the settings'."""
+    from ocdspy.pipeline import searched_plan
+
+    return searched_plan(settings, program_path) or default_plan(settings)
 
 
 def default_plan(settings: Settings) -> ShipPlan:

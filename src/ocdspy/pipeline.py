@@ -105,6 +105,34 @@ def _fingerprint(*parts: Any) -> str:
     return digest.hexdigest()
 
 
+def _ship_fingerprint(settings: Settings, program_file: Path) -> str:
+    """What the ship stage's choice depends on: the program, the training split, the settings'
+    plan, the search's size, the metric and the target model."""
+    from ocdspy.export import default_plan
+
+    return _fingerprint(
+        "ship",
+        program_file,
+        Project(settings).splits.train,
+        default_plan(settings).model_dump(mode="json"),
+        settings.optimization.ship_search_steps,
+        settings.optimization.metric_weights.model_dump(),
+        settings.models.model_dump(mode="json")["target"],
+    )
+
+
+def searched_plan(settings: Settings, program_file: Path) -> ShipPlan | None:
+    """The pipeline's last ship choice when it was made for this program with the current
+    settings and training split (so `ocdspy export` alone writes what the pipeline scored),
+    else None."""
+    state = _load_state(Project(settings).pipeline_state)
+    if state.ship is None or state.fingerprints.get("ship") != _ship_fingerprint(
+        settings, program_file
+    ):
+        return None
+    return state.ship
+
+
 def _load_state(path: Path) -> PipelineState:
     if path.is_file():
         with contextlib.suppress(DataError):
@@ -434,15 +462,7 @@ class _Run:
             return plan
 
         with self.stage("ship") as outcome:
-            fingerprint = _fingerprint(
-                "ship",
-                program_file,
-                self.project.splits.train,
-                base.model_dump(mode="json"),
-                steps,
-                settings.optimization.metric_weights.model_dump(),
-                settings.models.model_dump(mode="json")["target"],
-            )
+            fingerprint = _ship_fingerprint(settings, program_file)
             plan, outcome.status = self.cached(
                 "ship", fingerprint, reuse=lambda: self.state.ship if steps else None, run=run
             )
