@@ -97,6 +97,8 @@ def run_pipeline(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(seconds, 1),
         "max_rss_mb": round(int(rss.group(1)) / 1024) if rss else None,
         "stdout_tail": proc.stdout[-3000:],
+        # Without the time report: what the pipeline said on stderr (warnings, the error).
+        "stderr_tail": proc.stderr.split("\tCommand being timed")[0][-1500:],
     }
 
 
