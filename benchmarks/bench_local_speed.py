@@ -84,30 +84,39 @@ def speeds(path: Path, threads: int, repeats: int) -> dict[str, float]:
     }
 
 
-def side_by_side(path: Path, threads: int) -> dict[str, float]:
-    """8 generations on one instance, then 4 + 4 on two instances in two threads."""
+def side_by_side(path: Path, threads: int) -> dict[str, dict[str, float]]:
+    """8 calls on one instance, then 4 + 4 on two instances in two threads: generation-heavy
+    calls (a short prompt, 60 tokens out) and prompt-heavy ones (~600 new prompt tokens, 8 out)."""
     from llama_cpp import Llama
 
-    instances = [Llama(model_path=str(path), n_ctx=2048, n_threads=threads, verbose=False)]
-    instances.append(Llama(model_path=str(path), n_ctx=2048, n_threads=threads, verbose=False))
+    instances = [
+        Llama(model_path=str(path), n_ctx=2048, n_threads=threads, verbose=False) for _ in range(2)
+    ]
     story = instances[0].tokenize(STORY.encode(), add_bos=True, special=True)
+    long_prompt = instances[0].tokenize((FILLER * 40).encode(), add_bos=True)[:600]
 
-    def work(llama: Any, n: int) -> None:
+    def work(llama: Any, n: int, prompt: list[int], max_tokens: int) -> None:
         for _ in range(n):
             llama.reset()
-            llama.create_completion(prompt=story, max_tokens=60, temperature=0.0)
+            llama.create_completion(prompt=prompt, max_tokens=max_tokens, temperature=0.0)
 
-    start = time.perf_counter()
-    work(instances[0], 8)
-    one = time.perf_counter() - start
-    start = time.perf_counter()
-    workers = [threading.Thread(target=work, args=(llama, 4)) for llama in instances]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    two = time.perf_counter() - start
-    return {"one_instance_s": round(one, 2), "two_instances_s": round(two, 2)}
+    out: dict[str, dict[str, float]] = {}
+    for name, prompt, max_tokens in (("generation", story, 60), ("prompt", long_prompt, 8)):
+        start = time.perf_counter()
+        work(instances[0], 8, prompt, max_tokens)
+        one = time.perf_counter() - start
+        workers = [
+            threading.Thread(target=work, args=(llama, 4, prompt, max_tokens))
+            for llama in instances
+        ]
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        two = time.perf_counter() - start
+        out[name] = {"one_instance_s": round(one, 2), "two_instances_s": round(two, 2)}
+    return out
 
 
 def loop_cut(path: Path, threads: int) -> dict[str, Any]:
