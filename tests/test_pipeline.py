@@ -131,6 +131,11 @@ def test_pipeline_runs_every_stage_then_skips_what_is_current(project: Path) -> 
     assert statuses["ship"] == statuses["score"] == "ran"
     assert fourth.ship is not None and not fourth.ship.searched
     assert fourth.ship.static_tokens == 300
+    # A later `ocdspy export` takes this run's plan, not the earlier search's.
+    from ocdspy.pipeline import searched_plan
+
+    assert fourth.program_path is not None
+    assert searched_plan(settings, fourth.program_path) == fourth.ship
 
 
 def test_pipeline_scores_the_agent_file_not_the_program_by_default(project: Path) -> None:

@@ -454,11 +454,16 @@ class _Run:
 
         def run() -> ShipPlan:
             if steps == 0:
-                return base.model_copy(update={"note": "no search (ship_search_steps: 0)"})
-            plan = search_ship(
-                settings, program_file, base, lm_call=lm_call, on_step=on_examples(self.progress)
-            )
-            self.state.ship = plan
+                plan = base.model_copy(update={"note": "no search (ship_search_steps: 0)"})
+            else:
+                plan = search_ship(
+                    settings,
+                    program_file,
+                    base,
+                    lm_call=lm_call,
+                    on_step=on_examples(self.progress),
+                )
+            self.state.ship = plan  # what `searched_plan` gives a later `ocdspy export`
             return plan
 
         with self.stage("ship") as outcome:

@@ -2,10 +2,10 @@
 
 Under greedy decoding a small model that starts repeating a span (`- tests/test_money.py` over
 and over, `1.1.1.1…`) goes on until its token budget: the same text, a few hundred tokens
-later, at ~30 ms a token on one core. A reply whose tail is one span said `MIN_REPEATS` times in
-a row, over at least `MIN_SPAN` tokens, is stopped there: what it would have gone on to say is
-that span again. The reply keeps what was generated so far and is marked as cut
-(`finish_reason` "length", as at the budget). Both local paths use it: the DSPy engine
+later, at 15–20 ms a token on one core (BENCHMARKS.md). A reply whose tail is one span said
+`MIN_REPEATS` times in a row, over at least `MIN_SPAN` tokens, is stopped there: what it would
+have gone on to say is that span again. The reply keeps what was generated so far and is
+marked as cut (`finish_reason` "length", as at the budget). Both local paths use it: the DSPy engine
 (`lm.local`) and the shipped-form / `serve` model call (`shipped.LocalModelCall`).
 """
 
