@@ -79,6 +79,18 @@ def ocdspy(root: Path, *args: str) -> float:
     return round(time.perf_counter() - start, 1)
 
 
+def usable_store(store: Path, copy: Path) -> Path:
+    """A copy of `store` whose snapshot repositories git opens again. Git keeps no empty
+    folder, so a checkout of the checked-in store lacks each snapshot repository's empty
+    `refs/`, and without it git does not take the folder for a repository."""
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(store, copy)
+    for head in copy.glob("snapshot/*/*/HEAD"):
+        (head.parent / "refs" / "heads").mkdir(parents=True, exist_ok=True)
+        (head.parent / "refs" / "tags").mkdir(parents=True, exist_ok=True)
+    return copy
+
+
 def build_project(root: Path, store: Path) -> dict[str, float]:
     """The project from the store to the exported agents; seconds per stage."""
     ocdspy(REPO, "init", str(root))
@@ -176,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         record_store(args.store)
     out = args.out or Path(tempfile.mkdtemp(prefix="ocdspy-bench-replay-"))
     out.mkdir(parents=True, exist_ok=True)
+    args.store = usable_store(args.store, out / "store")
     root = out / "project"
     load_before = os.getloadavg()
     stages = build_project(root, args.store)
