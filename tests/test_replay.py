@@ -113,6 +113,23 @@ def test_missing_snapshot_says_what_is_missing(
         ws.find_snapshot(data, project, "/home/u/app", tree or real)
 
 
+def test_a_store_copied_through_git_says_its_refs_are_missing(tmp_path: Path) -> None:
+    """Git keeps no empty folder: a store committed and checked out again has snapshot
+    repositories without `refs/`, which git no longer opens."""
+    import shutil
+
+    data = tmp_path / "opencode"
+    tree = _snapshot_store(data, "proj1", "/home/u/app", {"a.txt": "a\n"})
+    git_dir = ws.snapshot_git_dir(data, "proj1", "/home/u/app")
+    shutil.rmtree(git_dir / "refs")
+    with pytest.raises(DataError, match="refs/ folder is missing") as caught:
+        ws.find_snapshot(data, "proj1", "/home/u/app", tree)
+    assert str(git_dir) in str(caught.value)
+    (git_dir / "refs" / "heads").mkdir(parents=True)
+    (git_dir / "refs" / "tags").mkdir()
+    assert ws.find_snapshot(data, "proj1", "/home/u/app", tree) == git_dir
+
+
 def test_no_snapshot_store_at_all(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no OpenCode snapshot store"):
         ws.find_snapshot(tmp_path, "proj1", "/x", "0" * 40)

@@ -66,6 +66,15 @@ def find_snapshot(data_dir: Path, project_id: str | None, directory: str | None,
     for git_dir in dict.fromkeys(candidates):
         if git_dir.is_dir() and _has_tree(git_dir, tree):
             return git_dir
+    broken = [c for c in candidates if (c / "HEAD").is_file() and not (c / "refs").is_dir()]
+    if broken:
+        # Git keeps no empty folder: a store copied through a git repository loses `refs/`,
+        # and git then takes the folder for no repository at all.
+        raise DataError(
+            f"{broken[0]}: not a git repository any more: its refs/ folder is missing",
+            hint="was the store copied through git? create the empty folders refs/heads and "
+            "refs/tags in each snapshot repository",
+        )
     raise DataError(f"{root / (project_id or '?')}: snapshot {tree} is gone from the store")
 
 
