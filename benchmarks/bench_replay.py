@@ -110,9 +110,9 @@ def build_project(root: Path, store: Path) -> dict[str, float]:
 
 
 def ensure_plugin(root: Path) -> str:
-    """Where the plugin form's pool comes from. `export` writes the plugin only when it can
-    trace the program's demos to recorded steps; when it wrote none, the plugin form gets a
-    pool of every training step (as bench_shipped's plugin form), beside the same agent file."""
+    """Where the plugin form's pool comes from: export's (every distinct training step, paths
+    relative to the project), or, when an older export wrote none, every training step as
+    bench_shipped's plugin form has it, beside the same agent file."""
     from ocdspy.config import load_settings
     from ocdspy.layout import PLUGINS_DIR
     from ocdspy.plugin import write_plugin
@@ -121,7 +121,8 @@ def ensure_plugin(root: Path) -> str:
 
     plugins = root / "outputs" / "prompts" / PLUGINS_DIR
     if (plugins / "ocdspy-tuned-plugin.pool.json").is_file():
-        return "export (the program's demos)"
+        pool = json.loads((plugins / "ocdspy-tuned-plugin.pool.json").read_text())
+        return f"export's ({len(pool['demos'])} demos, {pool['k']} per step)"
     settings = load_settings(root / "config.yaml", cwd=root).settings
     train = load_split(root / "data" / "splits").train
     steps = [(ex, i) for ex in train for i in range(len(ex.actions) + 1)]
