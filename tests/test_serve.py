@@ -529,6 +529,29 @@ def _read_until(proc: subprocess.Popen[str], marker: str) -> str:
     raise AssertionError(f"the server exited before printing {marker!r}: {seen}")
 
 
+def test_wait_wakes_for_ctrl_c_delivered_to_another_thread() -> None:
+    """The kernel hands a process's SIGINT to any of its threads (the server's, llama.cpp's).
+    `wait` must still raise KeyboardInterrupt in the main thread, not block for good."""
+    main = threading.get_ident()
+    rescued = threading.Event()
+
+    def interrupt_from_here() -> None:
+        time.sleep(0.3)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # to this thread, not main
+        if not done.wait(5):  # the main thread did not wake: interrupt it directly
+            rescued.set()
+            signal.pthread_kill(main, signal.SIGINT)
+
+    done = threading.Event()
+    with serving(engine=replies("answer: x")) as srv:
+        helper = threading.Thread(target=interrupt_from_here, daemon=True)
+        helper.start()
+        with pytest.raises(KeyboardInterrupt):
+            srv.wait()
+        done.set()
+    assert not rescued.is_set()
+
+
 def test_cli_serve_prints_the_snippet_answers_and_stops_on_ctrl_c() -> None:
     proc = _start_cli("--threads", "1")
     try:

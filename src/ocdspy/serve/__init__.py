@@ -114,8 +114,14 @@ class Served:
         return json.dumps({"provider": self.provider_config()}, indent=2)
 
     def wait(self) -> None:
-        """Block until interrupted (Ctrl-C raises KeyboardInterrupt here)."""
-        threading.Event().wait()
+        """Block until interrupted (Ctrl-C raises KeyboardInterrupt here).
+
+        Waits in short slices: the kernel may hand SIGINT to any thread of the process (the
+        server's, llama.cpp's), and then a wait without a timeout in the main thread never
+        wakes to run Python's handler; a slice ending does."""
+        stop = threading.Event()
+        while not stop.wait(0.2):
+            pass
 
 
 @contextmanager
