@@ -543,12 +543,17 @@ def test_wait_wakes_for_ctrl_c_delivered_to_another_thread() -> None:
             signal.pthread_kill(main, signal.SIGINT)
 
     done = threading.Event()
-    with serving(engine=replies("answer: x")) as srv:
-        helper = threading.Thread(target=interrupt_from_here, daemon=True)
-        helper.start()
-        with pytest.raises(KeyboardInterrupt):
-            srv.wait()
-        done.set()
+    # Python's own Ctrl-C handler, whatever an earlier test or library installed.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with serving(engine=replies("answer: x")) as srv:
+            helper = threading.Thread(target=interrupt_from_here, daemon=True)
+            helper.start()
+            with pytest.raises(KeyboardInterrupt):
+                srv.wait()
+            done.set()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not rescued.is_set()
 
 
