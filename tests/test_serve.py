@@ -507,10 +507,18 @@ def test_dspy_and_litellm_drive_the_server_with_tools() -> None:
 # The command
 
 
+# `python -m ocdspy serve …` with Ctrl-C handled as in a terminal: a test run started in the
+# background (`cmd &` in a script) has SIGINT ignored, and its children would inherit that.
+_SERVE_WITH_CTRL_C = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv = ['ocdspy', *sys.argv[1:]]; runpy.run_module('ocdspy', run_name='__main__')"
+)
+
+
 def _start_cli(*args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "NO_COLOR": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "ocdspy", "serve", "--port", "0", *args],
+        [sys.executable, "-c", _SERVE_WITH_CTRL_C, "serve", "--port", "0", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
