@@ -202,7 +202,9 @@ class OptimizationSettings(_Section):
 
 # Settings that leave the optimized program as it is: what shapes only the shipped files
 # (ocdspy.program.ship), and whether the pipeline scores the program itself.
-SHIP_SETTINGS = frozenset({"pool_size", "static_demo_tokens", "ship_search_steps", "score_program"})
+PROGRAM_NEUTRAL_SETTINGS = frozenset(
+    {"pool_size", "static_demo_tokens", "ship_search_steps", "score_program"}
+)
 
 
 class OutputSettings(_Section):

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from ocdspy import __version__
 from ocdspy.artifacts import Artifact, file_sha256, remove_stale_temps, write_model_atomic
-from ocdspy.config import SHIP_SETTINGS, Settings
+from ocdspy.config import PROGRAM_NEUTRAL_SETTINGS, Settings
 from ocdspy.errors import DataError
 from ocdspy.export import ShippedForm
 from ocdspy.layout import Project
@@ -372,8 +372,11 @@ class _Run:
                 run_name,
                 self.project.splits.train,
                 self.project.splits.val,
-                # What shapes only the shipped files does not change the program.
-                settings.optimization.model_dump(mode="json", exclude=set(SHIP_SETTINGS)),
+                # What shapes only the shipped files (or whether the program is scored) does
+                # not change the program.
+                settings.optimization.model_dump(
+                    mode="json", exclude=set(PROGRAM_NEUTRAL_SETTINGS)
+                ),
                 settings.models.model_dump(mode="json"),
             )
             program_file, outcome.status = self.cached(
